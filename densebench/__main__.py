@@ -1,0 +1,3 @@
+from densebench.cli import main
+
+main()

@@ -1,0 +1,395 @@
+"""Content-addressed artifact cache.
+
+One directory per key under the cache root (``artifacts/`` in the working directory, or
+``$DENSEBENCH_ARTIFACTS``). The key hashes everything that changes the artifact: model,
+weights identity, classes, format, precision, opset, input shape and dynamic axes, device
+(for compiled packages), calibration (int8) and the library versions. Each entry holds its
+files and a ``manifest.json`` with the key's fields, every file's checksum and size, export
+time, versions and the artifact's max abs error against eager fp32 on a fixed input.
+
+Entries are built in a temporary directory and renamed into place; a file lock per key
+serialises concurrent builders; checksums are verified on load.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import hashlib
+import json
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from densebench.errors import ArtifactError, ConfigError, CorruptArtifactError
+
+MANIFEST = "manifest.json"
+MANIFEST_SCHEMA = 1
+LAST_USED = ".last_used"
+DEFAULT_OPSET = 18
+
+# format -> precisions it supports
+FORMATS: dict[str, tuple[str, ...]] = {
+    "torchscript": ("fp32",),
+    "onnx": ("fp32", "fp16", "int8"),
+    "aoti": ("fp32",),
+    "checkpoint": ("fp32", "fp16"),
+}
+
+Progress = Callable[[str], None]
+
+
+def default_root() -> Path:
+    return Path(os.environ.get("DENSEBENCH_ARTIFACTS") or "artifacts")
+
+
+@dataclass(frozen=True)
+class ExportSpec:
+    """What to export. Validated on creation; ``image_size=None`` means the model's default."""
+
+    model: str
+    format: str = "onnx"
+    precision: str = "fp32"
+    weights: str = "random"
+    num_classes: int | None = None
+    batch_size: int | None = None  # None: dynamic batch axis
+    image_size: int | None = None
+    opset: int | None = None
+    device: str = "cpu"
+    calib_batches: int = 8
+    calib_batch_size: int = 4
+    calib_seed: int = 0
+
+    def __post_init__(self):
+        if self.format not in FORMATS:
+            raise ConfigError(
+                f"unknown format {self.format!r}: choose one of {', '.join(FORMATS)}"
+            )
+        if self.precision not in FORMATS[self.format]:
+            raise ConfigError(
+                f"format {self.format} does not support precision {self.precision!r}: "
+                f"it supports {', '.join(FORMATS[self.format])}"
+            )
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ConfigError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.image_size is not None and self.image_size < 1:
+            raise ConfigError(f"--image-size must be at least 1, got {self.image_size}")
+        if self.num_classes is not None and self.num_classes < 1:
+            raise ConfigError(f"--num-classes must be at least 1, got {self.num_classes}")
+        if self.opset is not None:
+            if self.format != "onnx":
+                raise ConfigError(f"--opset applies to the onnx format only, not {self.format}")
+            import onnx
+
+            newest = onnx.defs.onnx_opset_version()
+            if not 18 <= self.opset <= newest:
+                raise ConfigError(
+                    f"--opset {self.opset} is not supported: torch's ONNX exporter needs "
+                    f"18 to {newest}"
+                )
+        if self.calib_batches < 1 or self.calib_batch_size < 1:
+            raise ConfigError("calibration batches and batch size must be at least 1")
+
+    @property
+    def dynamic(self) -> bool:
+        return self.batch_size is None
+
+
+def _versions(fmt: str, precision: str) -> dict[str, str]:
+    import torch
+    import torchvision
+
+    v = {"torch": torch.__version__, "torchvision": torchvision.__version__}
+    if fmt == "onnx":
+        import onnx
+
+        v["onnx"] = onnx.__version__
+        if precision == "int8":
+            import onnxruntime
+
+            v["onnxruntime"] = onnxruntime.__version__
+    return v
+
+
+def _device_type(device: str) -> str:
+    import torch
+
+    from densebench.devices import resolve_device
+
+    return torch.device(resolve_device(device)).type
+
+
+def key_fields(spec: ExportSpec, weights_id: str, image_size: int, num_classes: int) -> dict:
+    """Every field that changes the artifact; their hash is the cache key."""
+    fields = {
+        "model": spec.model,
+        "weights": weights_id,
+        "num_classes": num_classes,
+        "format": spec.format,
+        "precision": spec.precision,
+        "opset": (spec.opset or DEFAULT_OPSET) if spec.format == "onnx" else None,
+        "input_shape": [spec.batch_size or "batch", 3, image_size, image_size],
+        "dynamic_axes": ["batch"] if spec.dynamic else [],
+        # compiled packages run only where they were built
+        "device": _device_type(spec.device) if spec.format == "aoti" else "any",
+        "versions": _versions(spec.format, spec.precision),
+    }
+    if spec.format == "onnx" and spec.precision == "int8":
+        fields["calibration"] = {
+            "source": "synthetic", "batches": spec.calib_batches,
+            "batch_size": spec.calib_batch_size, "seed": spec.calib_seed,
+            "method": "minmax", "format": "QDQ", "per_channel": True,
+            "activations": "uint8", "weights": "int8",
+        }
+    return fields
+
+
+def digest(fields: dict) -> str:
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass
+class Artifact:
+    """One cache entry: a directory with its files and manifest."""
+
+    path: Path
+    manifest: dict = field(repr=False)
+
+    @property
+    def key(self) -> str:
+        return self.manifest["key"][:12]
+
+    @property
+    def fields(self) -> dict:
+        return self.manifest["fields"]
+
+    @property
+    def main_file(self) -> Path:
+        return self.path / self.manifest["main"]
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(f["size"] for f in self.manifest["files"].values())
+
+    @property
+    def last_used(self) -> float:
+        p = self.path / LAST_USED
+        return p.stat().st_mtime if p.exists() else (self.path / MANIFEST).stat().st_mtime
+
+    def verify(self) -> None:
+        """Raise CorruptArtifactError when any file is missing or its checksum differs."""
+        for name, meta in self.manifest["files"].items():
+            p = self.path / name
+            hint = (
+                f"rebuild it with --force or remove it with `densebench artifacts rm {self.key}`"
+            )
+            if not p.is_file():
+                raise CorruptArtifactError(f"artifact {self.key}: file {name} is missing; {hint}")
+            if p.stat().st_size != meta["size"] or sha256(p) != meta["sha256"]:
+                raise CorruptArtifactError(
+                    f"artifact {self.key}: {name} does not match its checksum (corrupted); {hint}"
+                )
+
+    def touch(self) -> None:
+        with contextlib.suppress(OSError):
+            (self.path / LAST_USED).touch()
+
+
+def _read_manifest(path: Path) -> dict:
+    try:
+        m = json.loads((path / MANIFEST).read_text())
+    except (OSError, ValueError) as e:
+        raise CorruptArtifactError(
+            f"artifact {path.name}: manifest unreadable ({e}); remove it with "
+            f"`densebench artifacts rm {path.name}`"
+        ) from e
+    if m.get("schema") != MANIFEST_SCHEMA:
+        raise CorruptArtifactError(
+            f"artifact {path.name}: manifest schema {m.get('schema')!r} is not "
+            f"{MANIFEST_SCHEMA}; remove it with `densebench artifacts rm {path.name}`"
+        )
+    return m
+
+
+class ArtifactCache:
+    def __init__(self, root: Path | str | None = None):
+        self.root = Path(root) if root is not None else default_root()
+
+    # ------------------------------------------------------------------ layout
+    def _entry_dir(self, fields: dict) -> Path:
+        d = digest(fields)
+        return self.root / f"{fields['model']}-{fields['format']}-{fields['precision']}-{d[:12]}"
+
+    def _ensure_root(self) -> None:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            (self.root / ".locks").mkdir(exist_ok=True)
+            (self.root / ".tmp").mkdir(exist_ok=True)
+            probe = self.root / ".tmp" / f"probe-{uuid.uuid4().hex}"
+            probe.touch()
+            probe.unlink()
+        except OSError as e:
+            raise ArtifactError(
+                f"artifact cache {self.root} is not writable ({e.strerror or e}); set "
+                "DENSEBENCH_ARTIFACTS to a writable directory"
+            ) from e
+
+    # ------------------------------------------------------------------ read
+    def entries(self) -> list[Artifact]:
+        """Every complete entry (temporary build directories are not entries)."""
+        if not self.root.is_dir():
+            return []
+        out = []
+        for d in sorted(self.root.iterdir()):
+            if d.name.startswith(".") or not (d / MANIFEST).is_file():
+                continue
+            try:
+                out.append(Artifact(d, _read_manifest(d)))
+            except CorruptArtifactError:
+                out.append(Artifact(d, {"key": d.name, "fields": {}, "files": {}, "corrupt": True,
+                                        "main": ""}))
+        return out
+
+    def find(self, key: str) -> Artifact:
+        """An entry by its key (a prefix of at least 4 characters) or directory name."""
+        if len(key) < 4:
+            raise ConfigError(f"artifact key {key!r} is too short: give at least 4 characters")
+        matches = [a for a in self.entries() if a.path.name == key]
+        if not matches:
+            matches = [a for a in self.entries()
+                       if a.manifest["key"].startswith(key) or a.path.name.startswith(key)]
+        if not matches:
+            raise ArtifactError(f"no artifact {key!r} in {self.root}: see `densebench artifacts`")
+        if len(matches) > 1:
+            raise ArtifactError(
+                f"artifact key {key!r} is ambiguous ({len(matches)} entries): give more characters"
+            )
+        return matches[0]
+
+    def lookup(self, fields: dict, verify: bool = True) -> Artifact | None:
+        d = self._entry_dir(fields)
+        if not (d / MANIFEST).is_file():
+            return None
+        art = Artifact(d, _read_manifest(d))
+        if verify:
+            art.verify()
+        return art
+
+    # ------------------------------------------------------------------ write
+    def build(
+        self, fields: dict, builder: Callable[[Path], dict], *, force: bool = False,
+        progress: Progress | None = None,
+    ) -> tuple[Artifact, bool]:
+        """Return ``(artifact, cached)``: the entry for ``fields``, built by ``builder`` if absent.
+
+        ``builder(tmp_dir)`` writes the files into ``tmp_dir`` and returns the manifest's
+        extra fields, with ``main`` naming the main file. It runs under the key's lock, in a
+        temporary directory renamed into place only when complete.
+        """
+        if not force:
+            found = self.lookup(fields)
+            if found is not None:
+                found.touch()
+                return found, True
+        self._ensure_root()
+        from filelock import FileLock
+
+        d = digest(fields)
+        final = self._entry_dir(fields)
+        lock = FileLock(str(self.root / ".locks" / f"{d[:32]}.lock"))
+        if progress:
+            progress("waiting for the cache lock")
+        with lock:
+            if not force:  # another process may have built it while we waited
+                found = self.lookup(fields)
+                if found is not None:
+                    found.touch()
+                    return found, True
+            self._sweep_tmp()
+            tmp = self.root / ".tmp" / f"{d[:16]}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            tmp.mkdir(parents=True)
+            try:
+                t0 = time.perf_counter()
+                extra = builder(tmp)
+                seconds = time.perf_counter() - t0
+                files = {}
+                for p in sorted(tmp.rglob("*")):
+                    if p.is_file():
+                        rel = p.relative_to(tmp).as_posix()
+                        files[rel] = {"sha256": sha256(p), "size": p.stat().st_size}
+                manifest = {
+                    "schema": MANIFEST_SCHEMA,
+                    "key": d,
+                    "fields": fields,
+                    "files": files,
+                    "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                    "export_seconds": round(seconds, 3),
+                    "versions": fields["versions"],
+                    **extra,
+                }
+                (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+                (tmp / LAST_USED).touch()
+                trash = None
+                if final.exists():
+                    trash = self.root / ".tmp" / f"old-{final.name}-{uuid.uuid4().hex[:8]}"
+                    os.replace(final, trash)
+                os.replace(tmp, final)
+                if trash is not None:
+                    shutil.rmtree(trash, ignore_errors=True)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+        return Artifact(final, manifest), False
+
+    def _sweep_tmp(self) -> None:
+        """Remove temporary directories left by builders that died (their pid is gone)."""
+        import psutil
+
+        for p in (self.root / ".tmp").iterdir():
+            parts = p.name.split("-")
+            if p.name.startswith("old-"):
+                shutil.rmtree(p, ignore_errors=True)
+            elif len(parts) == 3 and parts[1].isdigit() and not psutil.pid_exists(int(parts[1])):
+                shutil.rmtree(p, ignore_errors=True)
+
+    def remove(self, art: Artifact) -> None:
+        self._ensure_root()
+        trash = self.root / ".tmp" / f"old-{art.path.name}-{uuid.uuid4().hex[:8]}"
+        os.replace(art.path, trash)
+        shutil.rmtree(trash, ignore_errors=True)
+
+
+def artifact_row(a: Artifact) -> dict:
+    f = a.fields
+    return {
+        "key": a.key,
+        "model": f.get("model"),
+        "format": f.get("format"),
+        "precision": f.get("precision"),
+        "shape": "x".join(str(s) for s in f.get("input_shape", [])),
+        "weights": f.get("weights"),
+        "size_mb": round(a.size_bytes / 1e6, 2),
+        "created": a.manifest.get("created"),
+        "last_used": _dt.datetime.fromtimestamp(a.last_used, _dt.timezone.utc).isoformat(
+            timespec="seconds") if a.path.exists() else None,
+        "path": str(a.path),
+        "corrupt": bool(a.manifest.get("corrupt")),
+    }
+
+
+__all__ = ["Artifact", "ArtifactCache", "ExportSpec", "FORMATS", "artifact_row"]

@@ -1,0 +1,78 @@
+"""The command line: one module per command, joined here, with one error boundary.
+
+Core code raises typed errors (``densebench.errors``); here each becomes one line on
+stderr and a non-zero exit. ``DENSEBENCH_DEBUG=1`` re-raises them with the traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+from typer.core import TyperGroup
+
+try:  # typer >= 0.2x carries its own copy of click
+    from typer import _click as click
+except ImportError:  # older typer depends on click itself
+    import click  # type: ignore[no-redef]
+
+from densebench.errors import DensebenchError
+
+
+_NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
+class _Boundary(TyperGroup):
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        debug = os.environ.get("DENSEBENCH_DEBUG") not in (None, "", "0")
+        try:
+            rv = super().main(args=args, prog_name=prog_name or "densebench",
+                              complete_var=complete_var, standalone_mode=False, **extra)
+        except DensebenchError as e:
+            if debug:
+                raise
+            click.echo(f"densebench: error: {e}", err=True)
+            sys.exit(e.exit_code)
+        except _NO_ARGS_IS_HELP as e:
+            click.echo(e.ctx.get_help() if e.ctx else str(e), err=True)
+            sys.exit(2)
+        except click.exceptions.ClickException as e:
+            if debug:
+                raise
+            where = f" (see `{e.ctx.command_path} --help`)" if getattr(e, "ctx", None) else ""
+            click.echo(f"densebench: error: {e.format_message()}{where}", err=True)
+            sys.exit(e.exit_code)
+        except (click.exceptions.Abort, typer.Abort, KeyboardInterrupt):
+            click.echo("densebench: interrupted", err=True)
+            sys.exit(130)
+        if isinstance(rv, int) and rv:
+            sys.exit(rv)
+        return rv
+
+
+app = typer.Typer(
+    cls=_Boundary,
+    help="densebench: which way of running DenseNet (or any torchvision CNN) is fastest on "
+    "this machine, by how much, and does it still give the same answers?",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _register() -> None:
+    from densebench.cli import artifacts, env, export, models
+
+    export.register(app)
+    models.register(app)
+    artifacts.register(app)
+    env.register(app)
+
+
+_register()
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,143 @@
+"""The environment fingerprint stamped on every result."""
+
+from __future__ import annotations
+
+import functools
+import os
+import platform
+import shutil
+import subprocess
+from importlib import metadata
+from pathlib import Path
+
+CPU_FLAGS_OF_INTEREST = (
+    "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
+    "avx512_bf16", "avx512_fp16", "avx_vnni", "amx_tile", "amx_bf16", "amx_int8",
+    "asimd", "sve", "bf16", "i8mm",
+)
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_info() -> dict:
+    import psutil
+
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            key = key.strip()
+            if key == "model name" and model in ("", platform.machine(), platform.processor()):
+                model = value.strip()
+            elif key in ("flags", "Features") and not flags:
+                flags = set(value.split())
+    except OSError:
+        pass
+    freq = psutil.cpu_freq()
+    return {
+        "model": model,
+        "arch": platform.machine(),
+        "flags": sorted(f for f in CPU_FLAGS_OF_INTEREST if f in flags),
+        "logical_cores": psutil.cpu_count(logical=True),
+        "physical_cores": psutil.cpu_count(logical=False),
+        "affinity_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "max_mhz": round(freq.max, 0) if freq and freq.max else None,
+        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+    }
+
+
+def cpu_supports_bf16() -> bool:
+    """Native bf16 compute on this CPU (AVX-512 BF16, AMX, or Arm BF16)."""
+    flags = set(cpu_info()["flags"])
+    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+@functools.lru_cache(maxsize=1)
+def git_commit() -> str | None:
+    root = Path(__file__).resolve().parent.parent
+    if not (root / ".git").exists() or not shutil.which("git"):
+        return None
+    try:
+        sha = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
+                             text=True, timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (sha + ("+dirty" if dirty else "")) or None
+
+
+def gpu_info() -> list[dict]:
+    import torch
+
+    if not torch.cuda.is_available():
+        return []
+    driver = None
+    if shutil.which("nvidia-smi"):
+        try:
+            driver = subprocess.run(
+                ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                capture_output=True, text=True, timeout=10,
+            ).stdout.strip().splitlines()[0]
+        except (OSError, subprocess.SubprocessError, IndexError):
+            driver = None
+    gpus = []
+    for i in range(torch.cuda.device_count()):
+        p = torch.cuda.get_device_properties(i)
+        gpus.append({
+            "index": i, "name": p.name, "capability": f"{p.major}.{p.minor}",
+            "memory_gb": round(p.total_memory / 2**30, 1),
+            "multiprocessors": p.multi_processor_count, "driver": driver,
+        })
+    return gpus
+
+
+def fingerprint() -> dict:
+    """Everything that can change a number: hardware, libraries, threads, precision settings."""
+    import torch
+
+    from densebench import __version__
+
+    libs = {
+        "python": platform.python_version(),
+        "densebench": __version__,
+        "torch": torch.__version__,
+        "torchvision": _version("torchvision"),
+        "onnx": _version("onnx"),
+        "onnxruntime": _version("onnxruntime-gpu") or _version("onnxruntime"),
+        "numpy": _version("numpy"),
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+    }
+    try:
+        cpu_capability = torch.backends.cpu.get_cpu_capability()
+    except AttributeError:
+        cpu_capability = None
+    return {
+        "hostname": platform.node(),
+        "os": f"{platform.system()} {platform.release()}",
+        "cpu": cpu_info(),
+        "gpus": gpu_info(),
+        "libraries": libs,
+        "git_commit": git_commit(),
+        "settings": {
+            "torch_threads": torch.get_num_threads(),
+            "torch_interop_threads": torch.get_num_interop_threads(),
+            "cpu_capability": cpu_capability,
+            "mkldnn": torch.backends.mkldnn.is_available(),
+            "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
+            "tf32_cudnn": torch.backends.cudnn.allow_tf32,
+            "cudnn_benchmark": torch.backends.cudnn.benchmark,
+            "float32_matmul_precision": torch.get_float32_matmul_precision(),
+            "env": {k: os.environ[k] for k in (
+                "OMP_NUM_THREADS", "MKL_NUM_THREADS", "CUDA_VISIBLE_DEVICES",
+                "ONEDNN_MAX_CPU_ISA", "TORCHINDUCTOR_FREEZING",
+            ) if k in os.environ},
+        },
+    }

@@ -1,0 +1,113 @@
+"""Exporters: one module per format, each with ``export(...)`` and ``load(...)``.
+
+``export_artifact`` is the one entry point: it resolves the model and weights, computes
+the cache key, builds the artifact on a miss (under the cache's lock, atomically) and
+records its max abs error against eager fp32 on a fixed input in the manifest.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from densebench.artifacts import Artifact, ArtifactCache, ExportSpec, Progress, key_fields
+from densebench.errors import ExportError
+from densebench.models import LoadedModel, check_image_size, load_model
+
+PARITY_SEED = 1234
+
+
+def exporter(fmt: str):
+    return importlib.import_module(f"densebench.exporters.{fmt}")
+
+
+def fixed_input(batch: int, image_size: int, seed: int = PARITY_SEED) -> torch.Tensor:
+    """The fixed input every parity check uses: standard normal, like normalised images."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, 3, image_size, image_size, generator=g)
+
+
+def parity_stats(out: torch.Tensor, ref: torch.Tensor) -> dict:
+    out, ref = out.detach().float().cpu(), ref.detach().float().cpu()
+    err = (out - ref).abs()
+    cos = torch.nn.functional.cosine_similarity(out.flatten(1), ref.flatten(1), dim=1)
+    return {
+        "max_abs_error": float(err.max()),
+        "mean_abs_error": float(err.mean()),
+        "max_abs_reference": float(ref.abs().max()),
+        "cosine_similarity_min": float(cos.min()),
+        "top1_agreement": float((out.argmax(1) == ref.argmax(1)).float().mean()),
+    }
+
+
+def resolve(spec: ExportSpec) -> tuple[LoadedModel, int, dict]:
+    loaded = load_model(spec.model, spec.weights, spec.num_classes)
+    image_size = spec.image_size or loaded.default_image_size
+    check_image_size(spec.model, image_size, spec.num_classes)
+    fields = key_fields(spec, loaded.weights_id, image_size, loaded.num_classes)
+    return loaded, image_size, fields
+
+
+def export_artifact(
+    spec: ExportSpec, cache: ArtifactCache | None = None, *, force: bool = False,
+    progress: Progress | None = None, loaded: LoadedModel | None = None,
+) -> tuple[Artifact, bool]:
+    """The artifact for ``spec``: from the cache, or exported now. Returns ``(artifact, cached)``."""
+    cache = cache or ArtifactCache()
+    if progress:
+        progress("loading model")
+    if loaded is None:
+        loaded, image_size, fields = resolve(spec)
+    else:
+        image_size = spec.image_size or loaded.default_image_size
+        check_image_size(spec.model, image_size, spec.num_classes)
+        fields = key_fields(spec, loaded.weights_id, image_size, loaded.num_classes)
+    mod = exporter(spec.format)
+
+    def build(tmp: Path) -> dict:
+        batch = spec.batch_size or 2
+        example = fixed_input(batch, image_size)
+        if progress:
+            progress(f"exporting {spec.format} {spec.precision}")
+        try:
+            main, extra = mod.export(loaded, spec, tmp, example, cache=cache, progress=progress)
+        except (ExportError, KeyboardInterrupt):
+            raise
+        except Exception as e:  # an exporter's own failure: say which and why, in one line
+            msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            raise ExportError(
+                f"{spec.format} {spec.precision} export of {spec.model} failed: {msg}"
+            ) from e
+        if progress:
+            progress("checking the artifact against eager fp32")
+        device = spec.device if spec.format == "aoti" else "cpu"
+        run = mod.load(tmp / main, device, fields)
+        with torch.no_grad():
+            ref = loaded.module(example)
+            out = run(example.to(device))
+        parity = parity_stats(out, ref)
+        parity.update({
+            "input": f"randn(seed={PARITY_SEED}) {list(example.shape)}", "device": device,
+            "reference": "eager fp32",
+        })
+        return {
+            "main": main,
+            "parity": parity,
+            "weights_info": {
+                "spec": loaded.weights.label, "random": loaded.random_weights,
+                "head_replaced": loaded.head_replaced, "description": loaded.describe_weights(),
+            },
+            **extra,
+        }
+
+    return cache.build(fields, build, force=force, progress=progress)
+
+
+def load_artifact(artifact: Artifact, device: str = "cpu") -> Callable[[torch.Tensor], torch.Tensor]:
+    """A callable ``fn(fp32 tensor on device) -> logits tensor`` for a verified artifact."""
+    artifact.verify()
+    artifact.touch()
+    return exporter(artifact.fields["format"]).load(artifact.main_file, device, artifact.fields)

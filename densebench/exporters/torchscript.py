@@ -1,0 +1,32 @@
+"""TorchScript: traced, frozen."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import torch
+
+MAIN = "model.ts"
+
+
+def export(loaded, spec, out: Path, example: torch.Tensor, **_) -> tuple[str, dict]:
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(loaded.module, example, check_trace=False)
+        frozen = torch.jit.freeze(traced.eval())
+        torch.jit.save(frozen, str(out / MAIN))
+    return MAIN, {"exporter": "torch.jit.trace + torch.jit.freeze"}
+
+
+def load(path: Path, device: str, fields: dict):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # jit is deprecated, still the artifact asked for
+        module = torch.jit.load(str(path), map_location=device).eval()
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return module(x)
+
+    run.module = module  # type: ignore[attr-defined]
+    return run

@@ -1,0 +1,73 @@
+"""Tests run in a temporary working directory with their own artifact cache and run store."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from densebench.artifacts import ArtifactCache, ExportSpec
+from densebench.exporters import export_artifact
+
+REPO = Path(__file__).resolve().parent.parent
+TINY_SIZE = 32  # the smallest input densenet-tiny takes: fast
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU; none is visible here")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def workdir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DENSEBENCH_ARTIFACTS", str(tmp_path / "artifacts"))
+    monkeypatch.setenv("DENSEBENCH_RUNS", str(tmp_path / "runs"))
+    monkeypatch.delenv("DENSEBENCH_DEBUG", raising=False)
+    return tmp_path
+
+
+@pytest.fixture(scope="session")
+def shared_cache(tmp_path_factory) -> ArtifactCache:
+    """One cache for tests that only read artifacts, so each is exported once per session."""
+    return ArtifactCache(tmp_path_factory.mktemp("shared-artifacts"))
+
+
+@pytest.fixture(scope="session")
+def tiny_artifacts(shared_cache):
+    """densenet-tiny at 32 px in every format and precision, dynamic batch."""
+    arts = {}
+    for fmt, prec in [("torchscript", "fp32"), ("onnx", "fp32"), ("onnx", "fp16"),
+                      ("onnx", "int8"), ("checkpoint", "fp32"), ("checkpoint", "fp16"),
+                      ("aoti", "fp32")]:
+        spec = ExportSpec("densenet-tiny", fmt, prec, image_size=TINY_SIZE)
+        arts[(fmt, prec)] = export_artifact(spec, shared_cache)[0]
+    return arts
+
+
+@pytest.fixture
+def cli():
+    from densebench.cli import app
+
+    runner = CliRunner()
+
+    def invoke(*args, **kw):
+        return runner.invoke(app, [str(a) for a in args], catch_exceptions=False, **kw)
+
+    return invoke
+
+
+def run_cli_process(*args, env=None, **kw) -> subprocess.Popen:
+    """The real console entry point in a subprocess (for locking, signals, crashes)."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.Popen([sys.executable, "-m", "densebench", *map(str, args)], env=full_env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
