@@ -19,7 +19,9 @@ def resolve_device(name: str | None) -> str:
         try:
             dev = torch.device(name)
         except RuntimeError as e:
-            raise ConfigError(f"--device {name!r} is not a device name: use cpu, cuda or cuda:N") from e
+            raise ConfigError(
+                f"--device {name!r} is not a device name: use cpu, cuda or cuda:N"
+            ) from e
         if not torch.cuda.is_available():
             raise DeviceError(
                 f"--device {name} asked for a GPU but this machine has none visible to PyTorch: "

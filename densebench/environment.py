@@ -39,7 +39,9 @@ def cpu_info() -> dict:
         "flags": sorted(f for f in CPU_FLAGS_OF_INTEREST if f in flags),
         "logical_cores": psutil.cpu_count(logical=True),
         "physical_cores": psutil.cpu_count(logical=False),
-        "affinity_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "affinity_cores": (
+            len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+        ),
         "max_mhz": round(freq.max, 0) if freq and freq.max else None,
         "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
     }
@@ -66,8 +68,10 @@ def git_commit() -> str | None:
     try:
         sha = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
                              text=True, timeout=5).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=5).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True, text=True, timeout=5,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
     return (sha + ("+dirty" if dirty else "")) or None

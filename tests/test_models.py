@@ -1,8 +1,8 @@
 from __future__ import annotations
 
+import pytest
 import torch
 
-import pytest
 from densebench.errors import ConfigError, ModelError, WeightsError
 from densebench.models import (
     WeightsSpec,

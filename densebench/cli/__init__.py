@@ -19,11 +19,17 @@ except ImportError:  # older typer depends on click itself
 
 from densebench.errors import DensebenchError
 
-
 _NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
 
 
 class _Boundary(TyperGroup):
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:  # typer would turn it into a silent exit 130
+            click.echo("densebench: interrupted", err=True)
+            raise typer.Exit(130) from None
+
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         debug = os.environ.get("DENSEBENCH_DEBUG") not in (None, "", "0")
         try:

@@ -55,7 +55,7 @@ def export_artifact(
     spec: ExportSpec, cache: ArtifactCache | None = None, *, force: bool = False,
     progress: Progress | None = None, loaded: LoadedModel | None = None,
 ) -> tuple[Artifact, bool]:
-    """The artifact for ``spec``: from the cache, or exported now. Returns ``(artifact, cached)``."""
+    """The artifact for ``spec``, from the cache or exported now: ``(artifact, cached)``."""
     cache = cache or ArtifactCache()
     if progress:
         progress("loading model")
@@ -106,7 +106,9 @@ def export_artifact(
     return cache.build(fields, build, force=force, progress=progress)
 
 
-def load_artifact(artifact: Artifact, device: str = "cpu") -> Callable[[torch.Tensor], torch.Tensor]:
+def load_artifact(
+    artifact: Artifact, device: str = "cpu"
+) -> Callable[[torch.Tensor], torch.Tensor]:
     """A callable ``fn(fp32 tensor on device) -> logits tensor`` for a verified artifact."""
     artifact.verify()
     artifact.touch()

@@ -119,7 +119,8 @@ def providers_for(device: str, trt_cache: Path | None = None, fp16: bool = False
             trt_cache.mkdir(parents=True, exist_ok=True)
             opts.update(trt_engine_cache_enable=True, trt_engine_cache_path=str(trt_cache),
                         trt_timing_cache_enable=True, trt_timing_cache_path=str(trt_cache))
-        return [("TensorrtExecutionProvider", opts), ("CUDAExecutionProvider", {"device_id": index})]
+        return [("TensorrtExecutionProvider", opts),
+                ("CUDAExecutionProvider", {"device_id": index})]
     return [("CUDAExecutionProvider", {"device_id": index})]
 
 

@@ -21,7 +21,8 @@ def export(loaded, spec, out: Path, example: torch.Tensor, **_) -> tuple[str, di
 
 def load(path: Path, device: str, fields: dict):
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # jit is deprecated, still the artifact asked for
+        # torch.jit is deprecated, but it is the artifact asked for
+        warnings.simplefilter("ignore", FutureWarning)
         module = torch.jit.load(str(path), map_location=device).eval()
 
     def run(x: torch.Tensor) -> torch.Tensor:
