@@ -69,9 +69,11 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from densebench.cli import artifacts, env, export, models
+    from densebench.cli import artifacts, env, export, models, run, runs
 
     export.register(app)
+    run.register(app)
+    runs.register(app)
     models.register(app)
     artifacts.register(app)
     env.register(app)

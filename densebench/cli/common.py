@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
 
 from rich.console import Console
 
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False)
+
+def _console(stderr: bool = False) -> Console:
+    c = Console(stderr=stderr, highlight=False)
+    if not c.is_terminal and "COLUMNS" not in os.environ:
+        c = Console(stderr=stderr, highlight=False, width=160)  # files and pipes: no squeezing
+    return c
+
+
+out = _console()
+err = _console(stderr=True)
 
 
 @contextlib.contextmanager

@@ -1,0 +1,135 @@
+"""`densebench run`: benchmark variants at batch sizes, with live progress and a summary."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+import typer
+
+from densebench.cli.common import err, out, print_json
+from densebench.errors import ConfigError
+
+
+def _csv(values: list[str] | None) -> list[str]:
+    out_: list[str] = []
+    for v in values or []:
+        out_ += [p.strip() for p in v.split(",") if p.strip()]
+    return out_
+
+
+def _ints(values: list[str] | None, option: str) -> list[int]:
+    try:
+        return [int(v) for v in _csv(values)]
+    except ValueError:
+        raise ConfigError(f"{option} takes integers, as in {option} 1,16,64") from None
+
+
+class LiveProgress:
+    """Rich progress on stderr from the core's events: variant, phase, iterations, time left."""
+
+    def __init__(self, cfg, enabled: bool):
+        self.cfg = cfg
+        self.enabled = enabled
+        self.progress = None
+        self.task = None
+        self.cell_start = time.monotonic()
+
+    def __enter__(self):
+        if self.enabled:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                SpinnerColumn,
+                TextColumn,
+                TimeElapsedColumn,
+            )
+
+            self.progress = Progress(
+                SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                MofNCompleteColumn(), TextColumn("cells"), TimeElapsedColumn(),
+                TextColumn("{task.fields[detail]}"), console=err, transient=True,
+            )
+            self.progress.__enter__()
+            self.task = self.progress.add_task("starting", total=None, detail="")
+        return self
+
+    def __exit__(self, *exc):
+        if self.progress is not None:
+            self.progress.__exit__(*exc)
+
+    def __call__(self, ev: dict) -> None:
+        if self.progress is None:
+            return
+        kind = ev["event"]
+        p, t = self.progress, self.task
+        if kind == "start":
+            p.update(t, total=ev["cells"], description=f"run {ev['run']}")
+        elif kind == "phase":
+            where = (f" bs={ev['batch_size']} {ev['mode']}" if "batch_size" in ev else "")
+            p.update(t, description=f"{ev['variant']}: {ev['phase']}{where}", detail="")
+            self.cell_start = time.monotonic()
+        elif kind == "progress":
+            n, el = ev["iters"], ev["elapsed"]
+            rule = self.cfg
+            if rule.iters:
+                left = (rule.iters - n) * el / max(n, 1)
+            else:
+                left = max(rule.min_time - el, (rule.min_iters - n) * el / max(n, 1), 0.0)
+                if rule.max_time:
+                    left = min(left, max(rule.max_time - el, 0.0))
+            p.update(t, detail=f"{n} iters, ~{left:.0f}s left")
+        elif kind == "cell":
+            p.advance(t)
+
+
+def run(
+    variant: Annotated[list[str] | None, typer.Option("--variant", "-v", help="Variant (repeatable, comma lists allowed, or 'all'). See `densebench variants`.")] = None,
+    batch_size: Annotated[list[str] | None, typer.Option("--batch-size", "-b", help="Batch sizes, e.g. 1,16,64.")] = None,
+    model: Annotated[str, typer.Option("--model", "-m", help="Model name (see `densebench models`).")] = "densenet121",
+    weights: Annotated[str, typer.Option(help="imagenet | random[:SEED] | PATH.")] = "random",
+    num_classes: Annotated[int | None, typer.Option(help="Replace the classifier head with N classes.")] = None,
+    image_size: Annotated[int | None, typer.Option(help="Square input size (default: the model's).")] = None,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
+    threads: Annotated[int | None, typer.Option(help="Intra-op threads for PyTorch and ONNX Runtime alike (default: PyTorch's).")] = None,
+    mode: Annotated[list[str] | None, typer.Option("--mode", help="model (compute only) and/or e2e (host in, host out). Default: both.")] = None,
+    compile_mode: Annotated[list[str] | None, typer.Option("--compile-mode", help="torch.compile modes: default,reduce-overhead,max-autotune.")] = None,
+    warmup: Annotated[str, typer.Option(help="Warm-up per cell: a count (3) or seconds (2s).")] = "3",
+    min_iters: Annotated[int, typer.Option(help="Stop rule: at least this many timed iterations...")] = 10,
+    min_time: Annotated[float, typer.Option(help="...and at least this many seconds.")] = 3.0,
+    iters: Annotated[int | None, typer.Option(help="Exactly N timed iterations (overrides the stop rule).")] = None,
+    max_time: Annotated[float | None, typer.Option(help="Cap on one cell's timed seconds.")] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds before a variant's worker is killed and recorded as failed.")] = 1800.0,
+    isolate: Annotated[bool, typer.Option("--isolate/--no-isolate", help="Each variant in its own subprocess (default).")] = True,
+    name: Annotated[str | None, typer.Option(help="A name for the run (usable with show/compare).")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
+) -> None:
+    """Benchmark variants at batch sizes; store the run under runs/<run-id>/.
+
+    Example: densebench run --variant eager --variant onnxruntime-int8 --batch-size 1,16
+    """
+    from densebench.report.tables import summary_rows, summary_table
+    from densebench.runner import RunConfig, run_benchmark
+
+    cfg = RunConfig(
+        model=model, weights=weights, num_classes=num_classes, image_size=image_size,
+        variants=_csv(variant) or ["eager"], compile_modes=_csv(compile_mode) or ["default"],
+        batch_sizes=_ints(batch_size, "--batch-size") or [1],
+        modes=_csv(mode) or ["model", "e2e"], device=device, threads=threads, warmup=warmup,
+        min_iters=min_iters, min_time=min_time, iters=iters, max_time=max_time,
+        timeout=timeout, isolate=isolate, name=name,
+    )
+    with LiveProgress(cfg, enabled=err.is_terminal) as live:
+        rec = run_benchmark(cfg, progress=live)
+    if json_out:
+        print_json({"run": rec.id, "path": str(rec.path), "status": rec.data["status"],
+                    "device": rec.data["device"], "model": rec.data["model"],
+                    "skipped": rec.data["skipped"], "cells": summary_rows(rec.data)})
+        return
+    out.print(summary_table(rec.data))
+    out.print(f"stored in {rec.path}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("run")(run)

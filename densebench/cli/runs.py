@@ -1,0 +1,77 @@
+"""`densebench runs`, `densebench show` and `densebench variants`: what is stored and known."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from densebench.cli.common import out, print_json
+
+
+def runs(json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """List stored runs (newest last)."""
+    from densebench.report.tables import runs_table
+    from densebench.results.store import RunStore
+
+    store = RunStore()
+    records = store.list()
+    if json_out:
+        print_json([{k: r.data.get(k) for k in ("id", "name", "kind", "created", "status",
+                                                  "device")} | {"path": str(r.path)}
+                    for r in records])
+        return
+    if not records:
+        out.print(f"no runs in {store.root}")
+        return
+    out.print(runs_table(records))
+
+
+def show(
+    run: Annotated[str, typer.Argument(help="Run id (or unique prefix), name, or path.")],
+    json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Render a stored run from its files alone."""
+    from densebench.report.tables import summary_rows, summary_table
+    from densebench.results.store import RunStore
+
+    rec = RunStore().load(run)
+    if json_out:
+        print_json({"run": rec.id, "path": str(rec.path), "status": rec.data["status"],
+                    "cells": summary_rows(rec.data), "profiles": rec.data.get("profiles", [])})
+        return
+    env = rec.data.get("environment", {})
+    libs = env.get("libraries", {})
+    out.print(f"[bold]{rec.id}[/bold] {rec.data.get('kind')} {rec.data.get('status')}, "
+              f"created {rec.data.get('created')}, {rec.path}")
+    out.print(f"  {env.get('cpu', {}).get('model')} | "
+              + (", ".join(g["name"] for g in env.get("gpus", [])) or "no GPU") + " | "
+              f"torch {libs.get('torch')}, onnxruntime {libs.get('onnxruntime')} | "
+              f"git {env.get('git_commit')}")
+    out.print(summary_table(rec.data))
+    for p in rec.data.get("profiles", []):
+        out.print(f"profile: {p.get('variant')} batch {p.get('batch_size')}: {p.get('path')}")
+
+
+def variants(device: Annotated[str, typer.Option(help="Check support on this device.")] = "auto"
+             ) -> None:
+    """List the variants and whether this machine can run each."""
+    from rich.table import Table
+
+    from densebench.devices import resolve_device
+    from densebench.variants import VARIANTS
+
+    dev = resolve_device(device)
+    t = Table(title=f"variants on {dev}")
+    for col in ("variant", "precision", "what", "runs here"):
+        t.add_column(col, no_wrap=col == "variant")
+    for v in VARIANTS.values():
+        why = v.unsupported_reason(dev)
+        t.add_row(v.name, v.precision, v.description, "yes" if why is None else f"no: {why}")
+    out.print(t)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("runs")(runs)
+    app.command("show")(show)
+    app.command("variants")(variants)

@@ -1,0 +1,92 @@
+"""Statistics over raw latency samples: one function, used for every number shown.
+
+Tail percentiles are reported only when the sample supports them: MLPerf's early-stopping
+counts (64 queries for p90, 662 for p99); other percentiles use the same rule (99%
+confidence that the true percentile is no worse than reported, with MLPerf's tolerance).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+PERCENTILES = (50, 90, 95, 99)
+NOISY_COV = 0.10  # coefficient of variation above which a measurement is flagged noisy
+_MLPERF_MIN_SAMPLES = {90.0: 64, 99.0: 662}
+_CONFIDENCE = 0.99
+_TOLERANCE = math.log(2)  # fits MLPerf's published counts
+
+
+def min_samples(percentile: float) -> int:
+    """Samples needed before ``percentile`` (e.g. 99) is reported as a number."""
+    p = float(percentile)
+    if p in _MLPERF_MIN_SAMPLES:
+        return _MLPERF_MIN_SAMPLES[p]
+    q = 1.0 - (1.0 - p / 100.0) * _TOLERANCE
+    return math.ceil(math.log(1.0 - _CONFIDENCE) / math.log(q))
+
+
+def percentile_supported(percentile: float, n: int) -> bool:
+    """The median is always shown (with its bootstrap interval); tails need enough samples."""
+    if percentile <= 50:
+        return n >= 1
+    return n >= min_samples(percentile)
+
+
+def bootstrap_ci(samples: np.ndarray, stat, *, resamples: int = 2000, seed: int = 0,
+                 level: float = 0.95) -> tuple[float, float] | None:
+    """Percentile-bootstrap interval of ``stat`` (a function over axis 1) at ``level``."""
+    n = len(samples)
+    if n < 2:
+        return None
+    rng = np.random.default_rng(seed)
+    values = []
+    chunk = max(1, min(resamples, 4_000_000 // n))
+    done = 0
+    while done < resamples:
+        k = min(chunk, resamples - done)
+        idx = rng.integers(0, n, size=(k, n))
+        values.append(stat(samples[idx]))
+        done += k
+    v = np.concatenate(values)
+    alpha = (1.0 - level) / 2.0
+    return float(np.quantile(v, alpha)), float(np.quantile(v, 1.0 - alpha))
+
+
+def summarize(samples_ms, batch_size: int) -> dict:
+    """Statistics of per-iteration latencies (ms) for batches of ``batch_size`` images.
+
+    Unsupported percentiles are ``None`` and listed in ``unsupported``.
+    """
+    x = np.asarray(samples_ms, dtype=np.float64)
+    n = int(x.size)
+    if n == 0:
+        raise ValueError("no samples")
+    mean = float(x.mean())
+    stdev = float(x.std(ddof=1)) if n > 1 else 0.0
+    out: dict = {
+        "n": n,
+        "mean_ms": mean,
+        "stdev_ms": stdev,
+        "cov": stdev / mean if mean > 0 else 0.0,
+        "min_ms": float(x.min()),
+        "max_ms": float(x.max()),
+        "total_s": float(x.sum() / 1e3),
+        "batch_size": batch_size,
+    }
+    unsupported = []
+    for p in PERCENTILES:
+        if percentile_supported(p, n):
+            out[f"p{p}_ms"] = float(np.percentile(x, p))
+        else:
+            out[f"p{p}_ms"] = None
+            unsupported.append(f"p{p} (needs {min_samples(p)} samples)")
+    out["unsupported"] = unsupported
+    # throughput: images over the time spent computing them
+    out["throughput"] = batch_size * n / (x.sum() / 1e3)
+    out["p50_ci_ms"] = bootstrap_ci(x, lambda m: np.median(m, axis=1)) if out["p50_ms"] else None
+    tp = bootstrap_ci(x, lambda m: m.mean(axis=1))
+    out["throughput_ci"] = (batch_size * 1e3 / tp[1], batch_size * 1e3 / tp[0]) if tp else None
+    out["noisy"] = out["cov"] > NOISY_COV
+    return out

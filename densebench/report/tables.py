@@ -1,0 +1,109 @@
+"""Rich renderings of stored runs: the summary (from run.json alone) and the runs list."""
+
+from __future__ import annotations
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+from densebench.measure.stats import min_samples
+
+
+def summary_rows(data: dict) -> list[dict]:
+    """One row per cell, sorted by mode then throughput, with the speedup over eager."""
+    eager = {(c["batch_size"], c["mode"]): c["stats"]["throughput"]
+             for c in data["cells"] if c["variant"] == "eager" and c["status"] == "ok"}
+    rows = []
+    for c in data["cells"]:
+        st = c.get("stats") or {}
+        par = c.get("parity") or {}
+        base = eager.get((c["batch_size"], c["mode"]))
+        rows.append({
+            "variant": c["variant"], "batch_size": c["batch_size"], "mode": c["mode"],
+            "device": c["device"], "status": c["status"], "error": c.get("error"),
+            "precision": c.get("precision"), "n": st.get("n"),
+            "p50_ms": st.get("p50_ms"), "p50_ci_ms": st.get("p50_ci_ms"),
+            "p90_ms": st.get("p90_ms"), "p99_ms": st.get("p99_ms"),
+            "mean_ms": st.get("mean_ms"), "cov": st.get("cov"), "noisy": st.get("noisy"),
+            "throughput": st.get("throughput"), "throughput_ci": st.get("throughput_ci"),
+            "speedup_vs_eager": (st["throughput"] / base) if base and st.get("throughput")
+            else None,
+            "parity_max_abs_error": par.get("max_abs_error"),
+            "parity_top1_agreement": par.get("top1_agreement"),
+            "parity_cosine_min": par.get("cosine_similarity_min"),
+            "accuracy": c.get("accuracy"),
+        })
+    order = {"model": 0, "e2e": 1}
+    rows.sort(key=lambda r: (order.get(r["mode"], 9), r["status"] != "ok",
+                             -(r["throughput"] or 0)))
+    return rows
+
+
+def _ms(v) -> str:
+    if v is None:
+        return "n/s"
+    return f"{v:.3g}" if v < 100 else f"{v:.0f}"
+
+
+def _half_width(ci, value) -> str:
+    if not ci or not value:
+        return "-"
+    return f"{(ci[1] - ci[0]) / 2 / value:.1%}"
+
+
+def summary_table(data: dict) -> Group:
+    m = data.get("model", {})
+    title = (f"{m.get('name')} {m.get('image_size')}px on {data.get('device')} "
+             f"({data.get('threads')} threads) - run {data['id']}"
+             + (f" '{data['name']}'" if data.get("name") else "")
+             + ("" if data.get("status") == "complete" else f" [{data.get('status')}]"))
+    t = Table(title=title, title_justify="left")
+    cols = [("variant", "left"), ("batch", "right"), ("mode", "left"), ("p50 ms", "right"),
+            ("±95%", "right"), ("p90", "right"), ("p99", "right"), ("img/s", "right"),
+            ("±95%", "right"), ("vs eager", "right"), ("max|err|", "right"),
+            ("top-1", "right"), ("CoV", "right"), ("n", "right")]
+    for name, just in cols:
+        t.add_column(name, justify=just, no_wrap=True)
+    notes: list[Text] = []
+    for r in summary_rows(data):
+        if r["status"] != "ok":
+            t.add_row(r["variant"], str(r["batch_size"]), r["mode"],
+                      Text("failed", style="red"), *[""] * 10)
+            notes.append(Text(f"{r['variant']} batch {r['batch_size']} {r['mode']}: "
+                              f"{r['error']}", style="red"))
+            continue
+        sp = r["speedup_vs_eager"]
+        t.add_row(
+            r["variant"], str(r["batch_size"]), r["mode"], _ms(r["p50_ms"]),
+            _half_width(r["p50_ci_ms"], r["p50_ms"]), _ms(r["p90_ms"]), _ms(r["p99_ms"]),
+            f"{r['throughput']:.1f}", _half_width(r["throughput_ci"], r["throughput"]),
+            f"{sp:.2f}x" if sp else "-",
+            f"{r['parity_max_abs_error']:.2g}" if r["parity_max_abs_error"] is not None else "-",
+            f"{r['parity_top1_agreement']:.0%}" if r["parity_top1_agreement"] is not None
+            else "-",
+            Text(f"{r['cov']:.1%}", style="yellow" if r["noisy"] else ""), str(r["n"]),
+        )
+    foot = [Text("±95%: half-width of the bootstrap 95% interval, relative to the value. "
+                 f"p90/p99 'n/s': not supported by the sample (p90 needs {min_samples(90)} "
+                 f"iterations, p99 {min_samples(99)}). CoV in yellow: noisy (> 10%). Parity: "
+                 "logits against eager fp32 on the CPU, same inputs.", style="dim")]
+    if m.get("random_weights"):
+        foot.append(Text(f"Weights: {m.get('weights_description')} - latency is real, "
+                         "accuracy would not be.", style="yellow"))
+    for s in data.get("skipped", []):
+        foot.append(Text(f"skipped {s['variant']}: {s['reason']}", style="dim"))
+    return Group(t, *notes, *foot)
+
+
+def runs_table(records) -> Table:
+    t = Table(title="stored runs")
+    for col in ("id", "name", "kind", "created", "model", "device", "cells ok", "status"):
+        t.add_column(col, no_wrap=col in ("id", "created"))
+    for r in records:
+        d = r.data
+        ok = sum(c["status"] == "ok" for c in d["cells"])
+        t.add_row(d["id"], d.get("name") or "", d.get("kind", ""),
+                  (d.get("created") or "")[:19].replace("T", " "),
+                  (d.get("model") or {}).get("name", ""), d.get("device", ""),
+                  f"{ok}/{len(d['cells'])}", d.get("status", ""))
+    return t
