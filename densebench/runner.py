@@ -157,11 +157,13 @@ def run_variant(job: dict, emit: Emit) -> None:
 
     first_cell = True
     for bs in cfg.batch_sizes:
-        x_host = fixed_input(bs, image_size)
+        x_host = None
         parity = None
         ref = None
         for mode in cfg.modes:
             try:
+                if x_host is None:  # inside the try: a batch too big to allocate fails its cell
+                    x_host = fixed_input(bs, image_size)
                 if ref is None:
                     with torch.inference_mode():
                         ref = loaded.module(x_host)

@@ -10,7 +10,7 @@ from densebench.measure.stats import min_samples
 
 
 def summary_rows(data: dict) -> list[dict]:
-    """One row per cell, sorted by mode then throughput, with the speedup over eager."""
+    """One row per cell (by mode, batch size, then fastest first), with the speedup over eager."""
     eager = {(c["batch_size"], c["mode"]): c["stats"]["throughput"]
              for c in data["cells"] if c["variant"] == "eager" and c["status"] == "ok"}
     rows = []
@@ -34,7 +34,7 @@ def summary_rows(data: dict) -> list[dict]:
             "accuracy": c.get("accuracy"),
         })
     order = {"model": 0, "e2e": 1}
-    rows.sort(key=lambda r: (order.get(r["mode"], 9), r["status"] != "ok",
+    rows.sort(key=lambda r: (order.get(r["mode"], 9), r["batch_size"], r["status"] != "ok",
                              -(r["throughput"] or 0)))
     return rows
 

@@ -1,0 +1,251 @@
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import time
+
+import pandas as pd
+import psutil
+import pytest
+
+from densebench.environment import cpu_supports_bf16
+from densebench.errors import StoreError
+from densebench.results.store import ORIGINAL_COLUMNS, RunStore, load_run
+from densebench.variants import expand
+
+from .conftest import TINY_SIZE, run_cli_process
+
+FAST = ["-m", "densenet-tiny", "--image-size", TINY_SIZE, "--warmup", "1", "--iters", "5"]
+
+
+def _run_json(cli, *args):
+    r = cli("run", *FAST, *args, "--json")
+    assert r.exit_code == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def test_real_variants_isolated(cli, workdir):
+    names = ["eager", "channels-last", "torchscript", "onnxruntime", "onnxruntime-int8"]
+    if cpu_supports_bf16():
+        names.append("amp-bf16")
+    summary = _run_json(cli, "-v", ",".join(names), "-b", "1,3")
+    cells = summary["cells"]
+    assert summary["status"] == "complete" and summary["device"] == "cpu"
+    assert len(cells) == len(names) * 2 * 2
+    assert all(c["status"] == "ok" for c in cells), [c["error"] for c in cells]
+    assert all(c["n"] == 5 for c in cells)
+    by = {(c["variant"], c["batch_size"], c["mode"]): c for c in cells}
+    assert by[("eager", 3, "model")]["parity_max_abs_error"] == 0
+    assert by[("eager", 3, "model")]["speedup_vs_eager"] == pytest.approx(1.0)
+    for v in ("channels-last", "torchscript", "onnxruntime"):
+        assert by[(v, 3, "model")]["parity_max_abs_error"] < 1e-4
+        assert by[(v, 3, "model")]["parity_top1_agreement"] == 1.0
+    assert 0 < by[("onnxruntime-int8", 3, "model")]["parity_max_abs_error"] < 0.5
+    if cpu_supports_bf16():
+        assert 0 < by[("amp-bf16", 3, "model")]["parity_max_abs_error"] < 0.5
+    assert by[("onnxruntime", 1, "e2e")]["p90_ms"] is None  # 5 samples do not support p90
+
+    run = RunStore().load(summary["run"])
+    d = run.data
+    assert d["schema_version"] == 1 and d["kind"] == "benchmark"
+    assert d["model"]["random_weights"] is True
+    assert d["environment"]["cpu"]["logical_cores"] >= 1
+    assert d["environment"]["settings"]["torch_threads"] >= 1
+    for c in d["cells"]:
+        assert len(c["samples_ms"]) == 5
+        assert c["timer"] == "perf_counter_ns"
+        assert c["memory"]["peak_rss_mb"] > 0
+        assert c["cold_start"]["load_s"] >= 0 and "first_inference_s" in c["cold_start"]
+    assert d["variants"]["onnxruntime"]["options"]["providers"] == ["CPUExecutionProvider"]
+    assert (run.path / "logs" / "eager.log").exists()
+    csv = pd.read_csv(run.path / "results.csv")
+    assert list(csv.columns[:len(ORIGINAL_COLUMNS)]) == ORIGINAL_COLUMNS
+    assert len(csv) == len(cells)
+    assert set(csv["mode"]) == {"model", "e2e"}
+    assert any((run.path / "tb").iterdir())
+
+
+def test_variant_all_runs_what_the_cpu_can_and_records_the_rest(cli, workdir):
+    summary = _run_json(cli, "-v", "all", "-b", "2", "--mode", "model", "--no-isolate",
+                        "--iters", "3")
+    ran = {c["variant"] for c in summary["cells"]}
+    assert {"eager", "compile", "compile-bf16" if cpu_supports_bf16() else "compile", "aoti",
+            "torchscript", "onnxruntime", "onnxruntime-fp16", "onnxruntime-int8"} <= ran
+    assert all(c["status"] == "ok" for c in summary["cells"]), summary["cells"]
+    skipped = {s["variant"]: s["reason"] for s in summary["skipped"]}
+    assert "CUDA" in skipped["amp-fp16"] and "onnxruntime-trt" in skipped
+    by = {c["variant"]: c for c in summary["cells"]}
+    assert by["compile"]["parity_max_abs_error"] < 1e-3
+    assert by["aoti"]["parity_max_abs_error"] < 1e-4
+    data = RunStore().load(summary["run"]).data
+    assert data["variants"]["compile"]["options"]["freezing"] is True
+    assert data["variants"]["compile"]["cold_start"]["first_inference_s"] > 0
+
+
+def test_expand_rules():
+    chosen, skipped = expand(["all"], ["default", "max-autotune"], "cpu")
+    labels = [v.label for v in chosen]
+    assert "compile" in labels and "compile:max-autotune" in labels
+    assert labels.count("eager") == 1
+    assert {s["variant"] for s in skipped} >= {"amp-fp16", "onnxruntime-trt"}
+
+
+def test_show_renders_a_stored_run_from_its_files_alone(cli, workdir, tmp_path_factory):
+    summary = _run_json(cli, "-v", "eager,onnxruntime", "-b", "2", "--no-isolate",
+                        "--name", "baseline")
+    src = workdir / "runs" / summary["run"]
+    copy = tmp_path_factory.mktemp("elsewhere") / "copied-run"
+    shutil.copytree(src, copy)
+    r = cli("show", copy)
+    assert r.exit_code == 0, r.stderr
+    assert "onnxruntime" in r.stdout and "eager" in r.stdout and "random weights" in r.stdout
+    assert cli("show", "baseline").exit_code == 0  # by name
+    assert cli("show", summary["run"][:17]).exit_code == 0  # by id prefix
+    j = json.loads(cli("show", copy, "--json").stdout)
+    assert {c["variant"] for c in j["cells"]} == {"eager", "onnxruntime"}
+    listing = cli("runs").stdout
+    assert summary["run"] in listing and "baseline" in listing
+
+
+def test_run_json_round_trip_and_schema_guard(cli, workdir):
+    summary = _run_json(cli, "-v", "eager", "-b", "1", "--no-isolate")
+    path = workdir / "runs" / summary["run"]
+    rec = load_run(path)
+    text = (path / "run.json").read_text()
+    rec.save()
+    assert json.loads((path / "run.json").read_text()) == json.loads(text)
+    data = json.loads(text)
+    data["schema_version"] = 99
+    (path / "run.json").write_text(json.dumps(data))
+    with pytest.raises(StoreError, match="schema version 99"):
+        load_run(path)
+    r = cli("show", path)
+    assert r.exit_code == 1 and "schema version 99" in r.stderr
+    (path / "run.json").write_text("{broken")
+    assert "not valid JSON" in cli("show", path).stderr
+
+
+def _workers_of(pid):
+    try:
+        return [p for p in psutil.Process(pid).children(recursive=True)
+                if "densebench.runner" in " ".join(p.cmdline())]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def test_a_crashing_variant_is_recorded_and_the_run_goes_on(workdir):
+    p = run_cli_process("run", "-m", "densenet-tiny", "--image-size", TINY_SIZE, "-v",
+                        "eager,onnxruntime", "-b", "1", "--warmup", "1", "--min-time", "20",
+                        "--mode", "model", "--json")
+    deadline = time.time() + 120
+    killed = False
+    while time.time() < deadline and not killed:
+        workers = _workers_of(p.pid)
+        logs = list((workdir / "runs").glob("*/logs/eager.log"))
+        if workers and logs:
+            time.sleep(4)  # inside the timed loop
+            for w in _workers_of(p.pid):
+                w.kill()  # as the kernel's OOM killer would
+            killed = True
+        time.sleep(0.1)
+    assert killed
+    # the onnxruntime variant still runs its 20 s
+    out, err = p.communicate(timeout=300)
+    assert p.returncode == 0, err
+    cells = {c["variant"]: c for c in json.loads(out)["cells"]}
+    assert cells["eager"]["status"] == "failed"
+    assert "killed by SIGKILL" in cells["eager"]["error"]
+    assert cells["onnxruntime"]["status"] == "ok"
+
+
+def test_a_hanging_variant_times_out(cli, workdir):
+    summary = _run_json(cli, "-v", "eager", "-b", "1", "--iters", "100000000", "--timeout", "8")
+    c = summary["cells"][0]
+    assert c["status"] == "failed" and "timed out after 8 s" in c["error"]
+    assert summary["status"] == "complete"
+
+
+def test_a_batch_that_does_not_fit_fails_its_cell_only(cli, workdir):
+    # 100000 x 3 x 256 x 256 fp32 is 78 GB: more than this machine has
+    summary = _run_json(cli, "-v", "eager", "-b", "100000,1", "--image-size", "256",
+                        "--iters", "2", "--mode", "model")
+    cells = {c["batch_size"]: c for c in summary["cells"]}
+    assert cells[100000]["status"] == "failed"
+    assert "out of memory" in cells[100000]["error"]
+    assert cells[1]["status"] == "ok"
+
+
+def test_ctrl_c_keeps_finished_cells_and_marks_the_run_incomplete(workdir):
+    p = run_cli_process("run", "-m", "densenet-tiny", "--image-size", TINY_SIZE, "-v",
+                        "eager,channels-last,onnxruntime", "-b", "1", "--warmup", "1",
+                        "--min-time", "2", "--min-iters", "1")
+    deadline = time.time() + 180
+    run_json = None
+    while time.time() < deadline:
+        found = list((workdir / "runs").glob("*/run.json"))
+        if found:
+            try:
+                data = json.loads(found[0].read_text())
+            except ValueError:
+                data = {"cells": []}
+            if sum(c["status"] == "ok" for c in data["cells"]) >= 2:
+                run_json = found[0]
+                break
+        time.sleep(0.2)
+    assert run_json is not None
+    workers = _workers_of(p.pid)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 130
+    assert "interrupted" in err and "incomplete" in err
+    data = json.loads(run_json.read_text())
+    assert data["status"] == "incomplete"
+    assert sum(c["status"] == "ok" for c in data["cells"]) >= 2
+    time.sleep(0.5)
+    assert not [w for w in workers if w.is_running() and w.status() != psutil.STATUS_ZOMBIE]
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["-v", "egaer"], "did you mean eager"),
+    (["-v", "amp-fp16"], "needs a CUDA GPU"),
+    (["--device", "cuda"], "has none visible"),
+    (["--device", "tpu"], "not a device name"),
+    (["-b", "0"], "--batch-size must be positive"),
+    (["-b", "x"], "--batch-size takes integers"),
+    (["--iters", "0"], "--iters must be at least 1"),
+    (["--min-time", "-1"], "--min-time must not be negative"),
+    (["--min-iters", "0"], "--min-iters must be at least 1"),
+    (["--warmup", "-3"], "--warmup"),
+    (["--threads", "0"], "--threads must be at least 1"),
+    (["--mode", "fast"], "unknown mode 'fast'"),
+    (["--compile-mode", "turbo", "-v", "compile"], "unknown compile mode"),
+    (["--timeout", "0"], "--timeout must be positive"),
+    (["-m", "densenet-tiny", "--image-size", "8"], "too small"),
+])
+def test_run_bad_input(cli, workdir, args, needle):
+    r = cli("run", "-m", "densenet-tiny", *args)
+    assert r.exit_code != 0
+    assert needle in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not (workdir / "runs").exists() or not any((workdir / "runs").iterdir())
+
+
+def test_unwritable_runs_directory(cli, workdir, monkeypatch):
+    (workdir / "blocker").write_text("")
+    monkeypatch.setenv("DENSEBENCH_RUNS", str(workdir / "blocker" / "runs"))
+    r = cli("run", *FAST, "-v", "eager")
+    assert r.exit_code == 1 and "not writable" in r.stderr and "DENSEBENCH_RUNS" in r.stderr
+
+
+def test_show_missing_run(cli, workdir):
+    r = cli("show", "nope")
+    assert r.exit_code == 1 and "no run 'nope'" in r.stderr
+
+
+@pytest.mark.gpu
+def test_cuda_variants_on_gpu(cli, workdir):
+    summary = _run_json(cli, "-v", "eager,amp-fp16,onnxruntime", "-b", "2", "--device", "cuda")
+    assert all(c["status"] == "ok" for c in summary["cells"])
+    data = RunStore().load(summary["run"]).data
+    assert any(c["timer"] == "cuda-events" for c in data["cells"])
