@@ -14,12 +14,20 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
+# The default benchmark: densenet121 (random weights, labelled), every variant this CPU
+# supports, batch sizes 1 and 16. Artifacts are cached, so later runs start faster.
 bench: install
-	for f in torchscript onnx checkpoint aoti; do \
-		$(BIN)/densebench export --model densenet121 --format $$f || exit 1; done
-	$(BIN)/densebench export --model densenet121 --format onnx --precision fp16
-	$(BIN)/densebench export --model densenet121 --format onnx --precision int8
-	$(BIN)/densebench artifacts
+	$(BIN)/densebench run --model densenet121 --variant all --batch-size 1,16 --device cpu \
+		--name bench
+
+# densebench's own figures (harness overhead, best variant over eager, time to first
+# iteration), written to docs/performance.md. Run with nothing else on the machine.
+perf: install
+	$(BIN)/python scripts/perf.py
+
+# On a machine with an NVIDIA GPU; runs from the tree with whatever PyTorch it has.
+gpu-check:
+	bash scripts/gpu_check.sh
 
 test: install
 	$(BIN)/python -m pytest -q
@@ -28,5 +36,5 @@ lint: install
 	$(BIN)/ruff check densebench tests
 
 clean:
-	rm -rf artifacts runs build *.egg-info .pytest_cache .ruff_cache
+	rm -rf artifacts runs gpu-check build *.egg-info .pytest_cache .ruff_cache
 	find . -name __pycache__ -prune -exec rm -rf {} +

@@ -283,6 +283,8 @@ def run_benchmark(cfg: RunConfig, *, progress: Emit | None = None, store=None):
     emit({"event": "start", "run": rec.id, "path": str(rec.path), "variants": rec.data["plan"],
           "cells": len(variants) * len(cfg.batch_sizes) * len(cfg.modes), "skipped": skipped})
     config = asdict(cfg)
+    started = _process_start()
+    rec.data["timeline"] = {"first_timed_iteration_s": None}
     try:
         for v in variants:
             job = {"config": config, "variant": v.label, "device": device, "threads": threads}
@@ -293,6 +295,10 @@ def run_benchmark(cfg: RunConfig, *, progress: Emit | None = None, store=None):
                     rec.save()
                 elif ev["event"] == "variant":
                     rec.data["variants"][ev["variant"]] = ev["info"]
+                elif (ev["event"] == "phase" and ev["phase"] == "measure"
+                      and rec.data["timeline"]["first_timed_iteration_s"] is None):
+                    rec.data["timeline"]["first_timed_iteration_s"] = round(
+                        time.time() - started, 3)
                 emit(ev)
 
             if cfg.isolate:
@@ -308,6 +314,16 @@ def run_benchmark(cfg: RunConfig, *, progress: Emit | None = None, store=None):
     rec.finish("complete")
     emit({"event": "end", "run": rec.id})
     return rec
+
+
+def _process_start() -> float:
+    """When this process started (wall clock), so the timeline includes Python's imports."""
+    try:
+        import psutil
+
+        return psutil.Process().create_time()
+    except Exception:
+        return time.time()
 
 
 def _run_isolated(job: dict, on_event: Emit, cfg: RunConfig, rec) -> None:

@@ -69,10 +69,23 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from densebench.cli import artifacts, env, export, models, run, runs
+    from densebench.cli import (
+        artifacts,
+        compare,
+        env,
+        export,
+        models,
+        report,
+        run,
+        runs,
+    )
+    from densebench.cli import eval as eval_
 
     export.register(app)
     run.register(app)
+    eval_.register(app)
+    compare.register(app)
+    report.register(app)
     runs.register(app)
     models.register(app)
     artifacts.register(app)

@@ -12,7 +12,8 @@ from densebench.measure.stats import min_samples
 def summary_rows(data: dict) -> list[dict]:
     """One row per cell (by mode, batch size, then fastest first), with the speedup over eager."""
     eager = {(c["batch_size"], c["mode"]): c["stats"]["throughput"]
-             for c in data["cells"] if c["variant"] == "eager" and c["status"] == "ok"}
+             for c in data["cells"]
+             if c["variant"] == "eager" and c["status"] == "ok" and c.get("stats")}
     rows = []
     for c in data["cells"]:
         st = c.get("stats") or {}

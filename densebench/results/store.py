@@ -147,7 +147,17 @@ class RunStore:
             return by_name[-1]
         if len(by_prefix) > 1:
             raise StoreError(f"run {ref!r} is ambiguous ({len(by_prefix)} runs): give more of its id")
-        raise StoreError(f"no run {ref!r} in {self.root} (nor such a path): see `densebench runs`")
+        unreadable = []
+        for q in self.paths():
+            try:
+                load_run(q)
+            except StoreError as e:
+                unreadable.append(str(e))
+        extra = f"; {len(unreadable)} run file(s) could not be read, e.g. {unreadable[0]}" \
+            if unreadable else ""
+        raise StoreError(
+            f"no run {ref!r} in {self.root} (nor such a path): see `densebench runs`{extra}"
+        )
 
     def load(self, ref: str) -> RunRecord:
         return load_run(self.resolve(ref))

@@ -1,0 +1,36 @@
+"""`densebench report`: plots and an HTML page for stored runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from densebench.cli.common import out
+
+
+def report(
+    runs: Annotated[list[str], typer.Argument(help="Run ids, names or paths.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Directory for the PNGs and index.html.")] = Path("report"),
+) -> None:
+    """PNG plots (throughput with intervals, latency distributions, batch scaling, parity or
+    accuracy against throughput) and an index.html with the summary table."""
+    from densebench.errors import StoreError
+    from densebench.report.plots import write_report
+    from densebench.results.store import RunStore
+
+    store = RunStore()
+    data = [store.load(r).data for r in runs]
+    if not any(c["status"] == "ok" for d in data for c in d["cells"]):
+        raise StoreError("the runs hold no finished cell: nothing to plot")
+    try:
+        files = write_report(data, out_dir)
+    except OSError as e:
+        raise StoreError(f"cannot write the report to {out_dir}: {e.strerror or e}") from e
+    for f in files:
+        out.print(f"wrote {f}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("report")(report)

@@ -1,0 +1,224 @@
+"""Comparison of stored runs as data: ratios, bootstrap intervals, verdicts. No formatting.
+
+Cells are matched by (model, variant, batch size, mode, device). For each matched cell and
+metric, the ratio is candidate / baseline (for latencies, above 1 is slower; for
+throughput, above 1 is faster). Its 95% interval comes from resampling both runs' raw
+samples; a change is called only when the interval excludes "no change" and the ratio is
+beyond the threshold.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from densebench.errors import ConfigError, StoreError
+
+METRICS = ("p50", "p90", "p99", "throughput")
+_PCT = {"p50": 50, "p90": 90, "p99": 99}
+
+
+@dataclass
+class CellComparison:
+    model: str
+    variant: str
+    batch_size: int
+    mode: str
+    device: str
+    run: str  # candidate run id
+    metric: str
+    baseline: float | None
+    candidate: float | None
+    ratio: float | None
+    ci: tuple[float, float] | None
+    verdict: str  # faster | slower | no significant change | not comparable
+    values: dict = field(default_factory=dict)  # every metric: (baseline, candidate, ratio)
+
+
+@dataclass
+class Comparison:
+    baseline: str
+    runs: list[str]
+    metric: str
+    threshold: float
+    cells: list[CellComparison]
+    unmatched: list[dict]
+    environment_warnings: list[str]
+    geomean: dict[str, float | None]
+
+    @property
+    def regressions(self) -> list[CellComparison]:
+        return [c for c in self.cells if c.verdict == "slower"]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _key(run: dict, c: dict) -> tuple:
+    return (run.get("model", {}).get("name"), c["variant"], c["batch_size"], c["mode"],
+            c["device"])
+
+
+def _stat(samples: np.ndarray, metric: str, batch: int, axis=None):
+    if metric == "throughput":
+        return batch * 1e3 / samples.mean(axis=axis)
+    return np.percentile(samples, _PCT[metric], axis=axis)
+
+
+def ratio_interval(base: np.ndarray, cand: np.ndarray, metric: str, batch: int, *,
+                   resamples: int = 2000, seed: int = 0) -> tuple[float, float] | None:
+    """95% percentile-bootstrap interval of stat(cand) / stat(base), resampling each run."""
+    if len(base) < 2 or len(cand) < 2:
+        return None
+    rng = np.random.default_rng(seed)
+    ratios = np.empty(resamples)
+    step = max(1, min(resamples, 2_000_000 // max(len(base), len(cand))))
+    for start in range(0, resamples, step):
+        k = min(step, resamples - start)
+        b = base[rng.integers(0, len(base), size=(k, len(base)))]
+        c = cand[rng.integers(0, len(cand), size=(k, len(cand)))]
+        ratios[start:start + k] = _stat(c, metric, batch, axis=1) / _stat(b, metric, batch,
+                                                                            axis=1)
+    lo, hi = np.quantile(ratios, [0.025, 0.975])
+    return float(lo), float(hi)
+
+
+def _verdict(metric: str, ratio: float, ci, threshold: float) -> str:
+    if ci is None:
+        return "no significant change" if abs(ratio - 1) <= threshold else (
+            "not comparable")
+    lo, hi = ci
+    if metric == "throughput":
+        if lo > 1 and ratio > 1 + threshold:
+            return "faster"
+        if hi < 1 and ratio < 1 - threshold:
+            return "slower"
+    else:
+        if lo > 1 and ratio > 1 + threshold:
+            return "slower"
+        if hi < 1 and ratio < 1 - threshold:
+            return "faster"
+    return "no significant change"
+
+
+def _supported(c: dict, metric: str) -> bool:
+    st = c.get("stats") or {}
+    return metric == "throughput" or st.get(f"{metric}_ms") is not None
+
+
+def environment_differences(runs: list[dict]) -> list[str]:
+    """What differs between the runs' environments that could move a number."""
+    def facts(r: dict) -> dict:
+        e = r.get("environment", {})
+        s = e.get("settings", {})
+        f = {
+            "CPU": e.get("cpu", {}).get("model"),
+            "CPU flags": " ".join(e.get("cpu", {}).get("flags", [])),
+            "cores": e.get("cpu", {}).get("logical_cores"),
+            "GPU": ", ".join(g.get("name", "") for g in e.get("gpus", [])) or "none",
+            "GPU driver": ", ".join(str(g.get("driver")) for g in e.get("gpus", [])) or "none",
+            "threads": r.get("threads"),
+        }
+        for k, v in (e.get("libraries") or {}).items():
+            f[k] = v
+        for k in ("tf32_matmul", "tf32_cudnn", "cudnn_benchmark", "float32_matmul_precision"):
+            f[k] = s.get(k)
+        return f
+
+    base = facts(runs[0])
+    out = []
+    for r in runs[1:]:
+        other = facts(r)
+        for k in base:
+            if k in ("densebench",):
+                continue
+            if base.get(k) != other.get(k):
+                out.append(f"{k} differs: {base.get(k)} (baseline {runs[0]['id']}) vs "
+                           f"{other.get(k)} ({r['id']})")
+    return out
+
+
+def compare_runs(runs: list[dict], metric: str = "p50", threshold: float = 0.05) -> Comparison:
+    """Compare runs[1:] against runs[0] (the run.json contents)."""
+    if metric not in METRICS:
+        raise ConfigError(f"unknown metric {metric!r}: choose from {', '.join(METRICS)}")
+    if not 0 <= threshold < 1:
+        raise ConfigError(f"--threshold must be between 0 and 1 (0.05 is 5%), got {threshold}")
+    if len(runs) < 2:
+        raise ConfigError("compare needs at least two runs: a baseline and a candidate")
+    base_run = runs[0]
+    base_cells = {_key(base_run, c): c for c in base_run["cells"] if c["status"] == "ok"}
+    cells: list[CellComparison] = []
+    unmatched: list[dict] = []
+    matched_base: set = set()
+    geomean: dict[str, float | None] = {}
+    for run in runs[1:]:
+        logs = []
+        for c in run["cells"]:
+            if c["status"] != "ok":
+                continue
+            k = _key(run, c)
+            b = base_cells.get(k)
+            if b is None:
+                unmatched.append({"run": run["id"], "model": k[0], "variant": k[1],
+                                  "batch_size": k[2], "mode": k[3], "device": k[4],
+                                  "reason": "not in the baseline"})
+                continue
+            matched_base.add(k)
+            bs = c["batch_size"]
+            bx = np.asarray(b["samples_ms"], dtype=float)
+            cx = np.asarray(c["samples_ms"], dtype=float)
+            values = {}
+            for m in METRICS:
+                if _supported(b, m) and _supported(c, m):
+                    bv, cv = float(_stat(bx, m, bs)), float(_stat(cx, m, bs))
+                    values[m] = (bv, cv, cv / bv)
+            if metric in values:
+                bv, cv, ratio = values[metric]
+                ci = ratio_interval(bx, cx, metric, bs)
+                verdict = _verdict(metric, ratio, ci, threshold)
+                logs.append(math.log(ratio))
+            else:
+                bv = cv = ratio = None
+                ci = None
+                verdict = "not comparable"
+            cells.append(CellComparison(
+                model=k[0], variant=k[1], batch_size=bs, mode=k[3], device=k[4],
+                run=run["id"], metric=metric, baseline=bv, candidate=cv, ratio=ratio, ci=ci,
+                verdict=verdict, values=values))
+        geomean[run["id"]] = math.exp(sum(logs) / len(logs)) if logs else None
+    for k in base_cells:
+        if k not in matched_base:
+            unmatched.append({"run": base_run["id"], "model": k[0], "variant": k[1],
+                              "batch_size": k[2], "mode": k[3], "device": k[4],
+                              "reason": "only in the baseline"})
+    if not cells:
+        raise StoreError(
+            "the runs have no cell in common (matched by model, variant, batch size, mode "
+            "and device): nothing to compare"
+        )
+    return Comparison(
+        baseline=base_run["id"], runs=[r["id"] for r in runs[1:]], metric=metric,
+        threshold=threshold, cells=cells, unmatched=unmatched,
+        environment_warnings=environment_differences(runs), geomean=geomean,
+    )
+
+
+def rows(comp: Comparison) -> list[dict]:
+    """Flat rows for CSV / JSON / tables."""
+    out = []
+    for c in comp.cells:
+        row = {"run": c.run, "model": c.model, "variant": c.variant,
+               "batch_size": c.batch_size, "mode": c.mode, "device": c.device,
+               "metric": c.metric, "baseline": c.baseline, "candidate": c.candidate,
+               "ratio": c.ratio, "ci_low": c.ci[0] if c.ci else None,
+               "ci_high": c.ci[1] if c.ci else None, "verdict": c.verdict}
+        for m in METRICS:
+            v = c.values.get(m)
+            row[f"{m}_baseline"] = v[0] if v else None
+            row[f"{m}_candidate"] = v[1] if v else None
+            row[f"{m}_ratio"] = v[2] if v else None
+        out.append(row)
+    return out

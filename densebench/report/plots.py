@@ -1,0 +1,233 @@
+"""`densebench report`: PNG plots and an index.html for one or more stored runs."""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+import numpy as np
+
+from densebench.report.tables import summary_rows
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update({"figure.dpi": 110, "axes.grid": True, "grid.alpha": 0.3,
+                         "axes.spines.top": False, "axes.spines.right": False})
+    return plt
+
+
+def _ok(data: dict, mode: str) -> list[dict]:
+    return [c for c in data["cells"] if c["status"] == "ok" and c["mode"] == mode]
+
+
+def _label(data: dict, variant: str, many: bool) -> str:
+    return f"{variant} ({data.get('name') or data['id']})" if many else variant
+
+
+def _mode(runs: list[dict]) -> str:
+    modes = {c["mode"] for d in runs for c in d["cells"] if c["status"] == "ok"}
+    return "model" if "model" in modes else (sorted(modes) or ["model"])[0]
+
+
+def plot_throughput(runs: list[dict], path: Path, mode: str) -> None:
+    plt = _plt()
+    many = len(runs) > 1
+    batches = sorted({c["batch_size"] for d in runs for c in _ok(d, mode)})
+    per_batch = {}
+    for bs in batches:
+        items = []
+        for d in runs:
+            for c in _ok(d, mode):
+                if c["batch_size"] == bs:
+                    st = c["stats"]
+                    ci = st.get("throughput_ci") or (st["throughput"], st["throughput"])
+                    items.append((_label(d, c["variant"], many), st["throughput"], ci))
+        per_batch[bs] = items
+    height = sum(1.1 + 0.32 * len(v) for v in per_batch.values())
+    fig, axes = plt.subplots(len(batches), 1, figsize=(9, max(height, 2.5)), squeeze=False,
+                             height_ratios=[1 + len(per_batch[b]) for b in batches])
+    for ax, bs in zip(axes[:, 0], batches, strict=True):
+        items = per_batch[bs]
+        items.sort(key=lambda t: t[1])
+        y = np.arange(len(items))
+        vals = [t[1] for t in items]
+        err = np.array([[t[1] - t[2][0] for t in items], [t[2][1] - t[1] for t in items]])
+        ax.barh(y, vals, xerr=err, color="#4C72B0", capsize=3, ecolor="#222")
+        ax.set_yticks(y, [t[0] for t in items])
+        for yi, t in zip(y, items, strict=True):
+            ax.text(t[2][1], yi, f"  {t[1]:.1f}", va="center", fontsize=8)
+        ax.set_xlabel("images / s (bars: bootstrap 95% interval)")
+        ax.set_title(f"throughput, batch {bs}, {mode} mode", loc="left", fontsize=10)
+        ax.set_xlim(0, max(t[2][1] for t in items) * 1.15 if items else 1)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_latency_distributions(runs: list[dict], path: Path, mode: str) -> None:
+    plt = _plt()
+    many = len(runs) > 1
+    batches = sorted({c["batch_size"] for d in runs for c in _ok(d, mode)})
+    fig, axes = plt.subplots(1, len(batches), figsize=(4.5 * len(batches) + 1, 4.8),
+                             squeeze=False)
+    for ax, bs in zip(axes[0], batches, strict=True):
+        items = [(_label(d, c["variant"], many), np.asarray(c["samples_ms"]))
+                 for d in runs for c in _ok(d, mode) if c["batch_size"] == bs]
+        items.sort(key=lambda t: float(np.median(t[1])))
+        ax.boxplot([t[1] for t in items], vert=False, showfliers=True,
+                   flierprops={"markersize": 2, "alpha": 0.4})
+        ax.set_yticks(range(1, len(items) + 1), [t[0] for t in items])
+        ax.set_xlabel("latency per batch, ms (log)")
+        ax.set_xscale("log")
+        ax.set_title(f"latency distribution, batch {bs}, {mode}", loc="left", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_batch_scaling(runs: list[dict], path: Path, mode: str) -> None:
+    plt = _plt()
+    many = len(runs) > 1
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.6))
+    for d in runs:
+        variants = sorted({c["variant"] for c in _ok(d, mode)})
+        for v in variants:
+            cells = sorted((c for c in _ok(d, mode) if c["variant"] == v),
+                           key=lambda c: c["batch_size"])
+            bs = [c["batch_size"] for c in cells]
+            a1.plot(bs, [c["stats"]["p50_ms"] for c in cells], marker="o",
+                    label=_label(d, v, many))
+            a2.plot(bs, [c["stats"]["throughput"] for c in cells], marker="o",
+                    label=_label(d, v, many))
+    batches = sorted({c["batch_size"] for d in runs for c in _ok(d, mode)})
+    for ax, ylabel in ((a1, "p50 latency per batch, ms"), (a2, "images / s")):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(batches, [str(b) for b in batches])
+        ax.minorticks_off()
+        ax.set_xlabel("batch size")
+        ax.set_ylabel(ylabel)
+    a1.set_yscale("log")
+    a1.set_title(f"latency against batch size ({mode})", loc="left", fontsize=10)
+    a2.set_title(f"throughput against batch size ({mode})", loc="left", fontsize=10)
+    a2.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_parity(runs: list[dict], path: Path, mode: str) -> None:
+    """Accuracy against throughput where an eval measured it, else parity error."""
+    plt = _plt()
+    many = len(runs) > 1
+    fig, ax = plt.subplots(figsize=(10, 5))
+    with_acc = any((c.get("accuracy") or {}).get("top1") is not None
+                   for d in runs for c in d["cells"])
+    best = {}
+    for d in runs:
+        for c in _ok(d, mode):
+            key = (id(d), c["variant"])
+            if key not in best or c["stats"]["throughput"] > best[key][2]["stats"]["throughput"]:
+                best[key] = (d, c["variant"], c)
+    markers = "osD^v<>Pp*hX"
+    for i, (d, v, c) in enumerate(sorted(best.values(),
+                                         key=lambda t: -t[2]["stats"]["throughput"])):
+        if with_acc:
+            y = (c.get("accuracy") or {}).get("top1")
+        else:
+            err = (c.get("parity") or {}).get("max_abs_error")
+            if err is None or (err == 0 and v == "eager"):
+                continue  # eager fp32 is the reference itself
+            y = max(err, 1e-9)
+        if y is None:
+            continue
+        ax.scatter([c["stats"]["throughput"]], [y], s=55, marker=markers[i % len(markers)],
+                   label=f"{_label(d, v, many)} (batch {c['batch_size']})")
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    ax.set_xlabel("images / s (best batch size per variant)")
+    if with_acc:
+        ax.set_ylabel("top-1 accuracy")
+        ax.set_title("accuracy against throughput", loc="left", fontsize=10)
+    else:
+        ax.set_yscale("log")
+        ax.set_ylabel("max abs error of logits vs eager fp32 (log)")
+        ax.set_title("parity against throughput: down and right is better (eager fp32 is "
+                     "the reference)", loc="left", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+PLOTS = {
+    "throughput.png": plot_throughput,
+    "latency_distribution.png": plot_latency_distributions,
+    "batch_scaling.png": plot_batch_scaling,
+    "parity.png": plot_parity,
+}
+
+
+def write_report(runs: list[dict], out_dir: Path) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    mode = _mode(runs)
+    written = []
+    for name, fn in PLOTS.items():
+        fn(runs, out_dir / name, mode)
+        written.append(out_dir / name)
+    index = out_dir / "index.html"
+    index.write_text(_html(runs, mode))
+    written.append(index)
+    return written
+
+
+def _html(runs: list[dict], mode: str) -> str:
+    e = html.escape
+    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>densebench report"
+             "</title><style>body{font-family:sans-serif;max-width:1200px;margin:2em auto;"
+             "padding:0 1em}table{border-collapse:collapse;font-size:13px}td,th{border:1px "
+             "solid #ccc;padding:3px 7px;text-align:right}th{background:#f3f3f3}"
+             "td:first-child{text-align:left}.warn{color:#a60}img{max-width:100%}</style>"
+             "</head><body><h1>densebench report</h1>"]
+    for d in runs:
+        m = d.get("model", {})
+        env = d.get("environment", {})
+        parts.append(
+            f"<h2>run {e(d['id'])}{' (' + e(d['name']) + ')' if d.get('name') else ''}</h2>"
+            f"<p>{e(str(m.get('name')))} at {e(str(m.get('image_size')))} px on "
+            f"{e(str(d.get('device')))}, {e(str(d.get('threads')))} threads; "
+            f"{e(str(env.get('cpu', {}).get('model')))}; torch "
+            f"{e(str(env.get('libraries', {}).get('torch')))}; status {e(d.get('status', ''))}"
+            "</p>")
+        if m.get("random_weights"):
+            parts.append(f"<p class='warn'>Weights: {e(str(m.get('weights_description')))}: "
+                         "latencies are real, accuracy would not be.</p>")
+        parts.append("<table><tr>" + "".join(f"<th>{h}</th>" for h in (
+            "variant", "batch", "mode", "p50 ms", "p90 ms", "p99 ms", "img/s",
+            "95% CI img/s", "vs eager", "max abs err", "top-1 agree", "status")) + "</tr>")
+        for r in summary_rows(d):
+            tci = r["throughput_ci"]
+            cells = [r["variant"], r["batch_size"], r["mode"], _n(r["p50_ms"]), _n(r["p90_ms"]),
+                     _n(r["p99_ms"]), _n(r["throughput"]),
+                     f"{tci[0]:.1f}-{tci[1]:.1f}" if tci else "-",
+                     f"{r['speedup_vs_eager']:.2f}x" if r["speedup_vs_eager"] else "-",
+                     _n(r["parity_max_abs_error"]),
+                     f"{r['parity_top1_agreement']:.0%}"
+                     if r["parity_top1_agreement"] is not None else "-",
+                     r["status"] if r["status"] == "ok" else f"failed: {r['error']}"]
+            parts.append("<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in cells) + "</tr>")
+        parts.append("</table><p><small>n/s: percentile not supported by the sample (p90 "
+                     "needs 64 iterations, p99 662).</small></p>")
+    parts.append(f"<h2>plots ({e(mode)} mode)</h2>")
+    for name in PLOTS:
+        parts.append(f"<p><img src='{name}' alt='{name}'></p>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def _n(v) -> str:
+    if v is None:
+        return "n/s"
+    return f"{v:.3g}" if abs(v) < 100 else f"{v:.0f}"

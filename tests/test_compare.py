@@ -1,0 +1,155 @@
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import numpy as np
+import pytest
+
+from densebench.compare import compare_runs
+from densebench.environment import fingerprint
+from densebench.errors import ConfigError, StoreError
+from densebench.measure.stats import summarize
+from densebench.results.store import RunStore
+
+from .conftest import TINY_SIZE
+
+
+def _fixture_run(name, cells, env=None, threads=2):
+    """A stored run whose raw samples are known: the thing compared is real data on disk."""
+    store = RunStore()
+    rec = store.create("benchmark", name, {"fixture": True}, env or fingerprint(),
+                       extra={"model": {"name": "densenet121", "image_size": 224},
+                              "device": "cpu", "threads": threads})
+    for variant, bs, samples in cells:
+        rec.add_cell({"variant": variant, "batch_size": bs, "mode": "model", "device": "cpu",
+                      "status": "ok", "samples_ms": list(samples),
+                      "stats": summarize(samples, bs), "precision": "fp32"})
+    rec.finish("complete")
+    return rec
+
+
+def _noise(mean, n, seed, sd=0.02):
+    return np.random.default_rng(seed).normal(mean, mean * sd, size=n).tolist()
+
+
+@pytest.fixture
+def fixture_runs(workdir):
+    base = _fixture_run("base", [("eager", 1, _noise(10, 200, 1)), ("onnxruntime", 1,
+                                                                      _noise(5, 200, 2))])
+    slow = _fixture_run("slow", [("eager", 1, _noise(20, 200, 3)),   # 2x slower
+                                 ("onnxruntime", 1, _noise(5, 200, 4)),  # noise only
+                                 ("compile", 1, _noise(4, 200, 5))])  # not in baseline
+    return base, slow
+
+
+def test_two_x_slowdown_is_flagged_and_noise_is_not(fixture_runs):
+    base, slow = fixture_runs
+    comp = compare_runs([base.data, slow.data])
+    by = {c.variant: c for c in comp.cells}
+    assert by["eager"].verdict == "slower"
+    assert by["eager"].ratio == pytest.approx(2.0, rel=0.02)
+    assert by["eager"].ci[0] > 1.9 and by["eager"].ci[1] < 2.1
+    assert by["onnxruntime"].verdict == "no significant change"
+    assert by["onnxruntime"].ci[0] < 1.0 + 0.05
+    assert [u["variant"] for u in comp.unmatched] == ["compile"]
+    assert comp.geomean[slow.id] == pytest.approx(np.sqrt(by["eager"].ratio * by["onnxruntime"].ratio))
+    thr = compare_runs([base.data, slow.data], metric="throughput")
+    assert {c.variant: c.verdict for c in thr.cells}["eager"] == "slower"
+    assert {c.variant: c.ratio for c in thr.cells}["eager"] == pytest.approx(0.5, rel=0.02)
+
+
+def test_improvement_is_faster(fixture_runs):
+    base, slow = fixture_runs
+    comp = compare_runs([slow.data, base.data])
+    assert {c.variant: c.verdict for c in comp.cells}["eager"] == "faster"
+
+
+def test_small_real_change_below_threshold_is_not_called(workdir):
+    a = _fixture_run("a", [("eager", 1, _noise(10.0, 500, 1, sd=0.005))])
+    b = _fixture_run("b", [("eager", 1, _noise(10.2, 500, 2, sd=0.005))])  # +2%, significant
+    comp = compare_runs([a.data, b.data], threshold=0.05)
+    assert comp.cells[0].ci[0] > 1.0  # statistically real...
+    assert comp.cells[0].verdict == "no significant change"  # ...but below 5%
+    assert compare_runs([a.data, b.data], threshold=0.01).cells[0].verdict == "slower"
+
+
+def test_cli_formats_and_exit_codes(cli, fixture_runs):
+    base, slow = fixture_runs
+    r = cli("compare", "base", "slow")
+    assert r.exit_code == 0 and "slower" in r.stdout and "unmatched: compile" in r.stdout
+    r = cli("compare", "base", "slow", "--fail-on-regression")
+    assert r.exit_code == 1 and "regression" in r.stderr
+    assert cli("compare", "base", "base", "--fail-on-regression").exit_code == 0
+    j = json.loads(cli("compare", "base", "slow", "--format", "json").stdout)
+    assert {row["variant"]: row["verdict"] for row in j["rows"]}["eager"] == "slower"
+    rows = list(csv.DictReader(io.StringIO(cli("compare", "base", "slow", "--format",
+                                               "csv").stdout)))
+    assert {r_["variant"] for r_ in rows} == {"eager", "onnxruntime"}
+    assert float(next(r_ for r_ in rows if r_["variant"] == "eager")["ratio"]) > 1.9
+    md = cli("compare", "base", "slow", "--format", "markdown").stdout
+    assert "| run | variant |" in md and "slower" in md
+
+
+def test_self_comparison_of_a_real_run_shows_no_change(cli, workdir):
+    r = cli("run", "-m", "densenet-tiny", "--image-size", TINY_SIZE, "-v", "eager,onnxruntime",
+            "-b", "1,2", "--iters", "20", "--warmup", "1", "--no-isolate", "--name", "real")
+    assert r.exit_code == 0, r.stderr
+    j = json.loads(cli("compare", "real", "real", "--format", "json").stdout)
+    assert len(j["rows"]) == 8
+    assert all(row["verdict"] == "no significant change" for row in j["rows"])
+    assert all(row["ratio"] == pytest.approx(1.0) for row in j["rows"])
+    assert j["environment_warnings"] == []
+
+
+def test_environment_differences_are_warned(cli, workdir):
+    env_b = fingerprint()
+    env_b["libraries"]["torch"] = "9.9.9"
+    env_b["settings"]["tf32_matmul"] = not env_b["settings"]["tf32_matmul"]
+    _fixture_run("a", [("eager", 1, _noise(10, 50, 1))])
+    _fixture_run("b", [("eager", 1, _noise(10, 50, 2))], env=env_b, threads=1)
+    r = cli("compare", "a", "b")
+    assert r.exit_code == 0
+    assert "torch differs" in r.stderr and "tf32_matmul differs" in r.stderr
+    assert "threads differs" in r.stderr
+
+
+def test_compare_errors(cli, fixture_runs, workdir):
+    base, _ = fixture_runs
+    r = cli("compare", "base", "nope")
+    assert r.exit_code == 1 and "no run 'nope'" in r.stderr
+    other = _fixture_run("other", [("aoti", 64, _noise(3, 30, 9))])
+    r = cli("compare", "base", "other")
+    assert r.exit_code == 1 and "no cell in common" in r.stderr
+    data = json.loads((other.path / "run.json").read_text())
+    data["schema_version"] = 7
+    (other.path / "run.json").write_text(json.dumps(data))
+    r = cli("compare", "base", other.path)
+    assert r.exit_code == 1 and "schema version 7" in r.stderr
+    r = cli("compare", "base", "other")  # by name: says why it cannot be found
+    assert r.exit_code == 1 and "schema version 7" in r.stderr
+    assert "unknown metric" in cli("compare", "base", "base", "--metric", "p42").stderr
+    assert cli("compare", "base").exit_code != 0
+    with pytest.raises(ConfigError):
+        compare_runs([base.data, base.data], threshold=2)
+    with pytest.raises(StoreError):
+        compare_runs([base.data, other.data])
+
+
+def test_report_writes_png_and_html(cli, fixture_runs, workdir):
+    base, slow = fixture_runs
+    r = cli("report", "base", "slow", "--out", workdir / "rep")
+    assert r.exit_code == 0, r.stderr
+    for name in ("throughput.png", "latency_distribution.png", "batch_scaling.png",
+                 "parity.png"):
+        data = (workdir / "rep" / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+    page = (workdir / "rep" / "index.html").read_text()
+    assert page.startswith("<!doctype html>") and page.rstrip().endswith("</html>")
+    for name in ("throughput.png", "parity.png", "eager", "onnxruntime"):
+        assert name in page
+    from html.parser import HTMLParser
+
+    HTMLParser().feed(page)
+    assert cli("report", "nope", "--out", workdir / "x").exit_code == 1
