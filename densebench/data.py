@@ -127,9 +127,11 @@ def _imagefolder(source: Source, image_size: int, weights_enum, limit) -> Datase
         raise DataError(f"imagefolder {root} is not a directory")
     try:
         ds = ImageFolder(str(root), allow_empty=True)
-    except (FileNotFoundError, OSError) as e:
-        raise DataError(f"imagefolder {root}: {e}; expected one folder per class of images")\
-            from e
+    except FileNotFoundError as e:
+        raise DataError(f"imagefolder {root} has no class folders (expected "
+                        f"{root}/CLASS/IMAGE.jpg)") from e
+    except OSError as e:
+        raise DataError(f"imagefolder {root} cannot be read: {e.strerror or e}") from e
     if not ds.samples:
         raise DataError(f"imagefolder {root} holds no images (expected {root}/CLASS/IMAGE.jpg)")
     tf = preprocessing(weights_enum, image_size)
