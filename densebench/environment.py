@@ -12,6 +12,7 @@ from pathlib import Path
 
 CPU_FLAGS_OF_INTEREST = (
     "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
+    "avx512_vp2intersect",
     "avx512_bf16", "avx512_fp16", "avx_vnni", "amx_tile", "amx_bf16", "amx_int8",
     "asimd", "sve", "bf16", "i8mm",
 )

@@ -6,8 +6,14 @@ stderr and a non-zero exit. ``DENSEBENCH_DEBUG=1`` re-raises them with the trace
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
+
+# the profiler's C++ side (kineto) logs to stderr at import; keep the one-line contract
+os.environ.setdefault("KINETO_LOG_LEVEL", "5")
+# "No CUDA runtime is found" on every CPU-only inductor use says nothing a user can act on
+logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
 
 import typer
 from typer.core import TyperGroup
@@ -75,6 +81,7 @@ def _register() -> None:
         env,
         export,
         models,
+        profile,
         report,
         run,
         runs,
@@ -83,6 +90,7 @@ def _register() -> None:
 
     export.register(app)
     run.register(app)
+    profile.register(app)
     eval_.register(app)
     compare.register(app)
     report.register(app)
