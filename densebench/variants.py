@@ -99,7 +99,8 @@ def get_variant(name: str) -> Variant:
     base, _, mode = name.partition(":")
     if base not in VARIANTS:
         close = difflib.get_close_matches(base, list(VARIANTS), n=3, cutoff=0.5)
-        hint = f"did you mean {', '.join(close)}?" if close else f"choose from {', '.join(VARIANTS)}"
+        hint = (f"did you mean {', '.join(close)}?" if close
+                else f"choose from {', '.join(VARIANTS)}")
         raise VariantError(f"unknown variant {name!r}: {hint}")
     v = VARIANTS[base]
     if mode:
@@ -119,7 +120,9 @@ def expand(names: list[str], compile_modes: list[str], device: str
     """
     for m in compile_modes:
         if m not in COMPILE_MODES:
-            raise VariantError(f"unknown compile mode {m!r}: choose from {', '.join(COMPILE_MODES)}")
+            raise VariantError(
+                f"unknown compile mode {m!r}: choose from {', '.join(COMPILE_MODES)}"
+            )
     chosen: list[Variant] = []
     skipped: list[dict] = []
     explicit = [n for n in names if n != "all"]

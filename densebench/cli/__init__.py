@@ -10,11 +10,6 @@ import logging
 import os
 import sys
 
-# the profiler's C++ side (kineto) logs to stderr at import; keep the one-line contract
-os.environ.setdefault("KINETO_LOG_LEVEL", "5")
-# "No CUDA runtime is found" on every CPU-only inductor use says nothing a user can act on
-logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
-
 import typer
 from typer.core import TyperGroup
 
@@ -24,6 +19,11 @@ except ImportError:  # older typer depends on click itself
     import click  # type: ignore[no-redef]
 
 from densebench.errors import DensebenchError
+
+# the profiler's C++ side (kineto) logs to stderr at import; keep the one-line contract
+os.environ.setdefault("KINETO_LOG_LEVEL", "5")
+# "No CUDA runtime is found" on every CPU-only inductor use says nothing a user can act on
+logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
 
 _NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
 

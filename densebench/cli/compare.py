@@ -77,12 +77,13 @@ def _table(comp) -> None:
         t.add_column(col, no_wrap=True, justify="left" if col in ("run", "variant", "mode",
                                                                   "verdict") else "right")
     style = {"faster": "green", "slower": "red"}
+    def pair(c, m):
+        v = c.values.get(m)
+        return f"{_fmt(v[0])}→{_fmt(v[1])}" if v else "n/s"
+
     for c in comp.cells:
-        def pair(m):
-            v = c.values.get(m)
-            return f"{_fmt(v[0])}→{_fmt(v[1])}" if v else "n/s"
-        t.add_row(c.run, c.variant, str(c.batch_size), c.mode, pair("p50"), pair("p90"),
-                  pair("p99"), pair("throughput"), _fmt(c.ratio, 4),
+        t.add_row(c.run, c.variant, str(c.batch_size), c.mode, pair(c, "p50"), pair(c, "p90"),
+                  pair(c, "p99"), pair(c, "throughput"), _fmt(c.ratio, 4),
                   f"{c.ci[0]:.3f}-{c.ci[1]:.3f}" if c.ci else "-",
                   Text(c.verdict, style=style.get(c.verdict, "")))
     out.print(t)

@@ -79,7 +79,7 @@ def plot_latency_distributions(runs: list[dict], path: Path, mode: str) -> None:
         items = [(_label(d, c["variant"], many), np.asarray(c["samples_ms"]))
                  for d in runs for c in _ok(d, mode) if c["batch_size"] == bs]
         items.sort(key=lambda t: float(np.median(t[1])))
-        ax.boxplot([t[1] for t in items], vert=False, showfliers=True,
+        ax.boxplot([t[1] for t in items], orientation="horizontal", showfliers=True,
                    flierprops={"markersize": 2, "alpha": 0.4})
         ax.set_yticks(range(1, len(items) + 1), [t[0] for t in items])
         ax.set_xlabel("latency per batch, ms (log)")
@@ -134,6 +134,7 @@ def plot_parity(runs: list[dict], path: Path, mode: str) -> None:
             if key not in best or c["stats"]["throughput"] > best[key][2]["stats"]["throughput"]:
                 best[key] = (d, c["variant"], c)
     markers = "osD^v<>Pp*hX"
+    plotted = 0
     for i, (d, v, c) in enumerate(sorted(best.values(),
                                          key=lambda t: -t[2]["stats"]["throughput"])):
         if with_acc:
@@ -147,7 +148,12 @@ def plot_parity(runs: list[dict], path: Path, mode: str) -> None:
             continue
         ax.scatter([c["stats"]["throughput"]], [y], s=55, marker=markers[i % len(markers)],
                    label=f"{_label(d, v, many)} (batch {c['batch_size']})")
-    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
+        plotted += 1
+    if plotted:
+        ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    else:
+        ax.text(0.5, 0.5, "no parity or accuracy recorded in these runs", ha="center",
+                va="center", transform=ax.transAxes)
     ax.set_xlabel("images / s (best batch size per variant)")
     if with_acc:
         ax.set_ylabel("top-1 accuracy")

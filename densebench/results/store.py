@@ -146,7 +146,9 @@ class RunStore:
         if by_name:
             return by_name[-1]
         if len(by_prefix) > 1:
-            raise StoreError(f"run {ref!r} is ambiguous ({len(by_prefix)} runs): give more of its id")
+            raise StoreError(
+                f"run {ref!r} is ambiguous ({len(by_prefix)} runs): give more of its id"
+            )
         unreadable = []
         for q in self.paths():
             try:
