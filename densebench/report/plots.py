@@ -21,6 +21,12 @@ def _plt():
     return plt
 
 
+def _save(plt, fig, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def _ok(data: dict, mode: str) -> list[dict]:
     return [c for c in data["cells"] if c["status"] == "ok" and c["mode"] == mode]
 
@@ -64,9 +70,7 @@ def plot_throughput(runs: list[dict], path: Path, mode: str) -> None:
         ax.set_xlabel("images / s (bars: bootstrap 95% interval)")
         ax.set_title(f"throughput, batch {bs}, {mode} mode", loc="left", fontsize=10)
         ax.set_xlim(0, max(t[2][1] for t in items) * 1.15 if items else 1)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def plot_latency_distributions(runs: list[dict], path: Path, mode: str) -> None:
@@ -85,9 +89,7 @@ def plot_latency_distributions(runs: list[dict], path: Path, mode: str) -> None:
         ax.set_xlabel("latency per batch, ms (log)")
         ax.set_xscale("log")
         ax.set_title(f"latency distribution, batch {bs}, {mode}", loc="left", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def plot_batch_scaling(runs: list[dict], path: Path, mode: str) -> None:
@@ -115,9 +117,7 @@ def plot_batch_scaling(runs: list[dict], path: Path, mode: str) -> None:
     a1.set_title(f"latency against batch size ({mode})", loc="left", fontsize=10)
     a2.set_title(f"throughput against batch size ({mode})", loc="left", fontsize=10)
     a2.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def plot_parity(runs: list[dict], path: Path, mode: str) -> None:
@@ -163,9 +163,7 @@ def plot_parity(runs: list[dict], path: Path, mode: str) -> None:
         ax.set_ylabel("max abs error of logits vs eager fp32 (log)")
         ax.set_title("parity against throughput: down and right is better (eager fp32 is "
                      "the reference)", loc="left", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 PLOTS = {
