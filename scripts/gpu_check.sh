@@ -26,7 +26,7 @@ fi
 
 "$PY" -m densebench run --device cuda --model densenet121 --variant "$variants" \
   --compile-mode default,reduce-overhead --batch-size 1,16,256 \
-  --warmup 10 --min-iters 30 --min-time 1 --max-time 8 --timeout 400 \
+  --warmup 10 --min-iters 30 --min-time 1 --max-time 3 --timeout 400 \
   --name gpu-check --json > "$OUT/summary.json"
 rc=$?
 "$PY" -m densebench show gpu-check
