@@ -19,8 +19,8 @@ from .conftest import TINY_SIZE, run_cli_process
 FAST = ["-m", "densenet-tiny", "--image-size", TINY_SIZE, "--warmup", "1", "--iters", "5"]
 
 
-def _run_json(cli, *args):
-    r = cli("run", *FAST, *args, "--json")
+def _run_json(cli, *args, fast=True):
+    r = cli("run", *(FAST if fast else []), *args, "--json")
     assert r.exit_code == 0, r.stderr
     return json.loads(r.stdout)
 
@@ -249,3 +249,15 @@ def test_cuda_variants_on_gpu(cli, workdir):
     assert all(c["status"] == "ok" for c in summary["cells"])
     data = RunStore().load(summary["run"]).data
     assert any(c["timer"] == "cuda-events" for c in data["cells"])
+
+
+@pytest.mark.slow
+def test_densenet121_at_224(cli, workdir):
+    summary = _run_json(cli, "-m", "densenet121", "-v", "eager,onnxruntime", "-b", "1",
+                        "--iters", "3", "--warmup", "1", "--mode", "model", "--no-isolate",
+                        fast=False)
+    cells = {c["variant"]: c for c in summary["cells"]}
+    assert all(c["status"] == "ok" for c in cells.values())
+    assert cells["onnxruntime"]["parity_max_abs_error"] < 1e-4
+    data = RunStore().load(summary["run"]).data
+    assert data["model"]["image_size"] == 224 and data["model"]["params"] == 7_978_856
