@@ -359,12 +359,12 @@ def _run_isolated(job: dict, on_event: Emit, cfg: RunConfig, rec) -> None:
     error = None
     try:
         while True:
+            if time.monotonic() > deadline:  # checked whether or not events keep coming
+                error = f"timed out after {cfg.timeout:g} s (--timeout); worker killed"
+                break
             try:
                 ev = events.get(timeout=0.2)
             except queue.Empty:
-                if time.monotonic() > deadline:
-                    error = f"timed out after {cfg.timeout:g} s (--timeout); worker killed"
-                    break
                 continue
             if ev is None:
                 break
