@@ -358,13 +358,11 @@ class ArtifactCache:
 
     def _sweep_tmp(self) -> None:
         """Remove temporary directories left by builders that died (their pid is gone)."""
-        import psutil
-
         for p in (self.root / ".tmp").iterdir():
             parts = p.name.split("-")
             if p.name.startswith("old-"):
                 shutil.rmtree(p, ignore_errors=True)
-            elif len(parts) == 3 and parts[1].isdigit() and not psutil.pid_exists(int(parts[1])):
+            elif len(parts) == 3 and parts[1].isdigit() and not _pid_alive(int(parts[1])):
                 shutil.rmtree(p, ignore_errors=True)
 
     def remove(self, art: Artifact) -> None:
@@ -372,6 +370,16 @@ class ArtifactCache:
         trash = self.root / ".tmp" / f"old-{art.path.name}-{uuid.uuid4().hex[:8]}"
         os.replace(art.path, trash)
         shutil.rmtree(trash, ignore_errors=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def artifact_row(a: Artifact) -> dict:

@@ -18,10 +18,25 @@ CPU_FLAGS_OF_INTEREST = (
 )
 
 
+def _psutil():
+    """psutil where installed (it is a dependency; a bare GPU image may lack it)."""
+    try:
+        import psutil
+
+        return psutil
+    except ImportError:
+        return None
+
+
+def process_cpu_seconds() -> float:
+    """User + system CPU time of this process, all threads."""
+    t = os.times()
+    return t.user + t.system
+
+
 @functools.lru_cache(maxsize=1)
 def cpu_info() -> dict:
-    import psutil
-
+    ps = _psutil()
     model, flags = platform.processor() or platform.machine(), set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -33,18 +48,22 @@ def cpu_info() -> dict:
                 flags = set(value.split())
     except OSError:
         pass
-    freq = psutil.cpu_freq()
+    freq = ps.cpu_freq() if ps else None
+    try:
+        mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        mem = ps.virtual_memory().total if ps else 0
     return {
         "model": model,
         "arch": platform.machine(),
         "flags": sorted(f for f in CPU_FLAGS_OF_INTEREST if f in flags),
-        "logical_cores": psutil.cpu_count(logical=True),
-        "physical_cores": psutil.cpu_count(logical=False),
+        "logical_cores": os.cpu_count(),
+        "physical_cores": ps.cpu_count(logical=False) if ps else None,
         "affinity_cores": (
             len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
         ),
         "max_mhz": round(freq.max, 0) if freq and freq.max else None,
-        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "memory_gb": round(mem / 2**30, 1),
     }
 
 

@@ -75,9 +75,10 @@ def _cpu_mhz() -> float | None:
                 return float(line.split(":")[1])
     except (OSError, ValueError):
         pass
-    import psutil
+    from densebench.environment import _psutil
 
-    f = psutil.cpu_freq()
+    ps = _psutil()
+    f = ps.cpu_freq() if ps else None
     return (f.max or f.current) if f else None
 
 
@@ -255,12 +256,10 @@ def _time_parts(session, x_host, iters: int) -> dict:
 def run_profile(cfg: ProfileConfig, *, progress: Emit | None = None):
     import sys
 
-    import psutil
-
     from densebench.artifacts import ArtifactCache, ExportSpec
     from densebench.backends import build_session
     from densebench.devices import resolve_device
-    from densebench.environment import fingerprint
+    from densebench.environment import cpu_info, fingerprint, process_cpu_seconds
     from densebench.exporters import export_artifact, fixed_input
     from densebench.models import check_image_size, load_model
     from densebench.results.store import RunStore
@@ -310,8 +309,7 @@ def run_profile(cfg: ProfileConfig, *, progress: Emit | None = None):
             session(xd)
         session.synchronize()
         emit({"event": "phase", "phase": "profile"})
-        proc = psutil.Process()
-        cpu0, wall0 = proc.cpu_times(), time.perf_counter()
+        cpu0, wall0 = process_cpu_seconds(), time.perf_counter()
         files: dict[str, str] = {}
         breakdown: dict = {}
         nodes_on_cpu: list[dict] = []
@@ -320,7 +318,7 @@ def run_profile(cfg: ProfileConfig, *, progress: Emit | None = None):
                 session(xd)
             session.synchronize()
             wall = time.perf_counter() - wall0
-            cpu1 = proc.cpu_times()
+            cpu1 = process_cpu_seconds()
             trace_path = Path(session.session.end_profiling())
             shutil.move(trace_path, out_dir / "ort_trace.json")
             files["trace"] = "ort_trace.json"
@@ -345,7 +343,7 @@ def run_profile(cfg: ProfileConfig, *, progress: Emit | None = None):
                     session(xd)
                 session.synchronize()
             wall = time.perf_counter() - wall0
-            cpu1 = proc.cpu_times()
+            cpu1 = process_cpu_seconds()
             table = table_from_torch(prof, device)
             # the PyTorch profiler plugin reads <logdir>/<worker>.<time>.pt.trace.json; the
             # same trace opens in Perfetto / chrome://tracing
@@ -365,7 +363,7 @@ def run_profile(cfg: ProfileConfig, *, progress: Emit | None = None):
                 breakdown["device_busy_fraction"] = (sum(durs) / 1e6) / wall if wall else None
         _write_csv(table, out_dir / "operators.csv")
         files["operators"] = "operators.csv"
-        busy = (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)
+        busy = cpu1 - cpu0
         breakdown["wall_ms_per_iter_profiled"] = wall * 1e3 / cfg.iters
         breakdown["cpu_busy_fraction"] = busy / (wall * threads) if wall else None
         emit({"event": "phase", "phase": "time breakdown"})
@@ -375,7 +373,7 @@ def run_profile(cfg: ProfileConfig, *, progress: Emit | None = None):
         peak = None
         if not device.startswith("cuda"):
             prec = variant.precision if variant.precision in ("bf16", "int8") else "fp32"
-            cores = min(threads, (psutil.cpu_count(logical=False) or threads))
+            cores = min(threads, cpu_info()["physical_cores"] or threads)
             peak = cpu_peak_gflops(prec, cores)
         memory = {"peak_rss_mb": round(_peak_rss_mb(), 1)}
         if device.startswith("cuda"):

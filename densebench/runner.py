@@ -91,11 +91,11 @@ def _gpu_utilization(device: str) -> float | None:
 
 def run_variant(job: dict, emit: Emit) -> None:
     """Measure one variant at every batch size and mode of ``job``; emit a cell for each."""
-    import psutil
     import torch
 
     from densebench.artifacts import ArtifactCache, ExportSpec
     from densebench.backends import build_session
+    from densebench.environment import process_cpu_seconds
     from densebench.exporters import export_artifact, fixed_input, parity_stats
     from densebench.measure.engine import time_calls, warm_up
     from densebench.measure.stats import summarize
@@ -110,7 +110,6 @@ def run_variant(job: dict, emit: Emit) -> None:
     torch.set_num_threads(threads)
     warmup = Warmup.parse(cfg.warmup)
     stop = cfg.stop_rule()
-    proc = psutil.Process()
 
     def phase(name: str, **kw):
         emit({"event": "phase", "variant": label, "phase": name, **kw})
@@ -180,7 +179,7 @@ def run_variant(job: dict, emit: Emit) -> None:
                     cold["first_inference_s"] = round(first_s, 4)
                     first_cell = False
                 phase("measure", batch_size=bs, mode=mode)
-                cpu0, wall0 = proc.cpu_times(), time.perf_counter()
+                cpu0, wall0 = process_cpu_seconds(), time.perf_counter()
 
                 def report(n, elapsed, bs=bs, mode=mode):
                     emit({"event": "progress", "variant": label, "batch_size": bs, "mode": mode,
@@ -188,8 +187,7 @@ def run_variant(job: dict, emit: Emit) -> None:
 
                 samples = time_calls(fn, x, timer=timer, device=device, stop=stop, report=report)
                 wall = time.perf_counter() - wall0
-                cpu1 = proc.cpu_times()
-                busy = (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)
+                busy = process_cpu_seconds() - cpu0
                 if parity is None:
                     parity = parity_stats(session.e2e(x_host), ref)
                 memory = {"peak_rss_mb": round(_peak_rss_mb(), 1)}

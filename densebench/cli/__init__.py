@@ -26,6 +26,8 @@ os.environ.setdefault("KINETO_LOG_LEVEL", "5")
 logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
 
 _NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
+# typer's own copy of click has no Abort of its own (typer.Abort); older click has both
+_ABORT = tuple({typer.Abort, getattr(click.exceptions, "Abort", typer.Abort)})
 
 
 class _Boundary(TyperGroup):
@@ -55,7 +57,7 @@ class _Boundary(TyperGroup):
             where = f" (see `{e.ctx.command_path} --help`)" if getattr(e, "ctx", None) else ""
             click.echo(f"densebench: error: {e.format_message()}{where}", err=True)
             sys.exit(e.exit_code)
-        except (click.exceptions.Abort, typer.Abort, KeyboardInterrupt):
+        except (*_ABORT, KeyboardInterrupt):
             click.echo("densebench: interrupted", err=True)
             sys.exit(130)
         if isinstance(rv, int) and rv:

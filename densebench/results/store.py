@@ -250,7 +250,13 @@ def write_tensorboard(rec: RunRecord) -> None:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        from torch.utils.tensorboard import SummaryWriter
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # a bare image without tensorboard: say so, keep the run
+            rec.data.setdefault("warnings", []).append(
+                "tensorboard is not installed: no tb/ scalars were written")
+            rec.save()
+            return
 
     import numpy as np
 
