@@ -19,8 +19,6 @@ class OrtSession(Session):
     @classmethod
     def create(cls, variant, artifact, device: str, *, threads: int | None = None,
                trt_cache=None, profile_prefix: str | None = None) -> OrtSession:
-        from densebench.exporters import load_artifact  # noqa: F401  (verifies checksums)
-
         artifact.verify()
         artifact.touch()
         target = device

@@ -3,10 +3,9 @@ AOTInductor."""
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -20,7 +19,6 @@ class TorchSession(Session):
     fn: object = None
     memory_format: torch.memory_format = torch.contiguous_format
     autocast: str | None = None
-    _ctx: list = field(default_factory=list)
 
     @classmethod
     def create(cls, variant, loaded, device: str, artifact=None) -> TorchSession:
@@ -59,13 +57,10 @@ class TorchSession(Session):
         return cls(label=variant.label, device=device, timer=timer, options=options, fn=fn,
                    memory_format=mf, autocast=variant.autocast)
 
-    def _context(self):
-        stack = contextlib.ExitStack()
-        stack.enter_context(torch.inference_mode())
-        if self.autocast:
-            stack.enter_context(torch.autocast(torch.device(self.device).type,
-                                               dtype=_AUTOCAST[self.autocast]))
-        return stack
+    def __post_init__(self):
+        # built once: the timed loop only enters the contexts
+        self._device_type = torch.device(self.device).type
+        self._dtype = _AUTOCAST[self.autocast] if self.autocast else None
 
     def to_device(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.device, non_blocking=False)
@@ -74,8 +69,11 @@ class TorchSession(Session):
         return x
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        with self._context():
-            return self.fn(x)
+        with torch.inference_mode():
+            if self._dtype is None:
+                return self.fn(x)
+            with torch.autocast(self._device_type, dtype=self._dtype):
+                return self.fn(x)
 
     def to_host(self, out: torch.Tensor) -> torch.Tensor:
         return out.float().cpu()
