@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import hashlib
 import json
 import os
 import shutil
@@ -25,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from densebench.checksums import sha256_file, sha256_json
 from densebench.errors import ArtifactError, ConfigError, CorruptArtifactError
 
 MANIFEST = "manifest.json"
@@ -148,16 +148,6 @@ def key_fields(spec: ExportSpec, weights_id: str, image_size: int, num_classes: 
     return fields
 
 
-def digest(fields: dict) -> str:
-    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
 
 
 @dataclass
@@ -200,7 +190,7 @@ class Artifact:
             )
             if not p.is_file():
                 raise CorruptArtifactError(f"artifact {self.key}: file {name} is missing; {hint}")
-            if p.stat().st_size != meta["size"] or sha256(p) != meta["sha256"]:
+            if p.stat().st_size != meta["size"] or sha256_file(p) != meta["sha256"]:
                 raise CorruptArtifactError(
                     f"artifact {self.key}: {name} does not match its checksum (corrupted); {hint}"
                 )
@@ -232,7 +222,7 @@ class ArtifactCache:
 
     # ------------------------------------------------------------------ layout
     def _entry_dir(self, fields: dict) -> Path:
-        d = digest(fields)
+        d = sha256_json(fields)
         return self.root / f"{fields['model']}-{fields['format']}-{fields['precision']}-{d[:12]}"
 
     def _ensure_root(self) -> None:
@@ -309,7 +299,7 @@ class ArtifactCache:
         self._ensure_root()
         from filelock import FileLock
 
-        d = digest(fields)
+        d = sha256_json(fields)
         final = self._entry_dir(fields)
         lock = FileLock(str(self.root / ".locks" / f"{d[:32]}.lock"))
         if progress:
@@ -331,7 +321,7 @@ class ArtifactCache:
                 for p in sorted(tmp.rglob("*")):
                     if p.is_file():
                         rel = p.relative_to(tmp).as_posix()
-                        files[rel] = {"sha256": sha256(p), "size": p.stat().st_size}
+                        files[rel] = {"sha256": sha256_file(p), "size": p.stat().st_size}
                 manifest = {
                     "schema": MANIFEST_SCHEMA,
                     "key": d,

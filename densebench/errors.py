@@ -16,9 +16,29 @@ class DensebenchError(Exception):
 
 
 class ConfigError(DensebenchError):
-    """A value given by the user is invalid (exit 2, like a usage error)."""
+    """A value given by the user is invalid (exit 2, like a usage error).
+
+    ``setting`` names the setting the message starts with (``threads``), so the CLI can
+    show it as its flag (``--threads``) while a sweep file or Python code sees the name it
+    used.
+    """
 
     exit_code = 2
+
+    def __init__(self, message: str, setting: str | None = None):
+        super().__init__(message)
+        self.setting = setting
+
+
+def bad_setting(setting: str, problem: str) -> ConfigError:
+    """``bad_setting("threads", "must be at least 1, got 0")``: one message, named setting."""
+    return ConfigError(f"{setting} {problem}", setting=setting)
+
+
+def check_threads(threads: int | None) -> None:
+    """Thread counts: None (the runtime's default) or at least 1."""
+    if threads is not None and (not isinstance(threads, int) or threads < 1):
+        raise bad_setting("threads", f"must be at least 1, got {threads}")
 
 
 class ModelError(ConfigError):
@@ -51,3 +71,21 @@ class VariantError(DensebenchError):
 
 class StoreError(DensebenchError):
     """The run store cannot be read or written."""
+
+
+class RunInterrupted(DensebenchError):
+    """Ctrl-C during a run: finished cells are kept and the run is marked incomplete."""
+
+    exit_code = 130
+
+
+def one_line(e: BaseException) -> str:
+    """An exception as one line: its type and the first line of its message (out-of-memory
+    errors say so first, whatever raised them)."""
+    text = str(e).strip().splitlines()
+    low = str(e).lower()
+    if isinstance(e, MemoryError) or "out of memory" in low or "can't allocate memory" in low:
+        return f"out of memory: {text[0][:200] if text else type(e).__name__}"
+    if isinstance(e, DensebenchError):
+        return text[0][:300] if text else type(e).__name__
+    return f"{type(e).__name__}: {text[0][:300]}" if text else type(e).__name__

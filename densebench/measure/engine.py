@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from densebench.errors import ConfigError
+from densebench.errors import bad_setting
 
 MODES = ("model", "e2e")
 
@@ -27,13 +27,13 @@ class StopRule:
 
     def __post_init__(self):
         if self.iters is not None and self.iters < 1:
-            raise ConfigError(f"--iters must be at least 1, got {self.iters}")
+            raise bad_setting("iters", f"must be at least 1, got {self.iters}")
         if self.min_iters < 1:
-            raise ConfigError(f"--min-iters must be at least 1, got {self.min_iters}")
-        if self.min_time < 0:
-            raise ConfigError(f"--min-time must not be negative, got {self.min_time}")
-        if self.max_time is not None and self.max_time <= 0:
-            raise ConfigError(f"--max-time must be positive, got {self.max_time}")
+            raise bad_setting("min_iters", f"must be at least 1, got {self.min_iters}")
+        if not self.min_time >= 0:  # also refuses nan
+            raise bad_setting("min_time", f"must not be negative, got {self.min_time}")
+        if self.max_time is not None and not self.max_time > 0:
+            raise bad_setting("max_time", f"must be positive, got {self.max_time}")
 
     def done(self, n: int, elapsed_s: float) -> bool:
         if self.iters is not None:
@@ -64,8 +64,8 @@ class Warmup:
                 raise ValueError
             return cls(count=n)
         except ValueError:
-            raise ConfigError(
-                f"--warmup {text!r}: give a count (5) or seconds (2s), not negative"
+            raise bad_setting(
+                "warmup", f"{text!r}: give a count (5) or seconds (2s), not negative"
             ) from None
 
     def describe(self) -> str:

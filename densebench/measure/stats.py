@@ -34,24 +34,36 @@ def percentile_supported(percentile: float, n: int) -> bool:
     return n >= min_samples(percentile)
 
 
-def bootstrap_ci(samples: np.ndarray, stat, *, resamples: int = 2000, seed: int = 0,
-                 level: float = 0.95) -> tuple[float, float] | None:
-    """Percentile-bootstrap interval of ``stat`` (a function over axis 1) at ``level``."""
-    n = len(samples)
-    if n < 2:
+def bootstrap(samples: list[np.ndarray], stat, *, resamples: int = 2000, seed: int = 0,
+              level: float = 0.95) -> tuple[float, float] | None:
+    """Percentile-bootstrap interval at ``level`` of ``stat(*resampled)``.
+
+    Each array in ``samples`` is resampled independently (with replacement, its own size);
+    ``stat`` receives one ``(k, n_i)`` matrix per array and returns ``k`` values. This is
+    the one bootstrap: a run's p50 and throughput intervals and compare's ratio intervals
+    all come from it. ``None`` when an array has fewer than two values.
+    """
+    arrays = [np.asarray(a, dtype=np.float64) for a in samples]
+    if not arrays or any(len(a) < 2 for a in arrays):
         return None
     rng = np.random.default_rng(seed)
+    chunk = max(1, min(resamples, 4_000_000 // max(len(a) for a in arrays)))
     values = []
-    chunk = max(1, min(resamples, 4_000_000 // n))
     done = 0
     while done < resamples:
         k = min(chunk, resamples - done)
-        idx = rng.integers(0, n, size=(k, n))
-        values.append(stat(samples[idx]))
+        values.append(np.asarray(stat(*[a[rng.integers(0, len(a), size=(k, len(a)))]
+                                        for a in arrays])))
         done += k
     v = np.concatenate(values)
     alpha = (1.0 - level) / 2.0
     return float(np.quantile(v, alpha)), float(np.quantile(v, 1.0 - alpha))
+
+
+def bootstrap_ci(samples: np.ndarray, stat, *, resamples: int = 2000, seed: int = 0,
+                 level: float = 0.95) -> tuple[float, float] | None:
+    """Interval of ``stat`` (a function over axis 1) of one sample."""
+    return bootstrap([samples], stat, resamples=resamples, seed=seed, level=level)
 
 
 def summarize(samples_ms, batch_size: int) -> dict:
