@@ -1,10 +1,12 @@
 """Comparison of stored runs as data: ratios, bootstrap intervals, verdicts. No formatting.
 
-Cells are matched by (model, variant, batch size, mode, device). For each matched cell and
-metric, the ratio is candidate / baseline (for latencies, above 1 is slower; for
-throughput, above 1 is faster). Its 95% interval comes from resampling both runs' raw
-samples; a change is called only when the interval excludes "no change" and the ratio is
-beyond the threshold.
+Runs are ``RunRecord``s of any schema version (a v1 run compares with a v2 run through
+its migration). Cells are matched by (model, variant, batch size, mode, device, scenario).
+For each matched cell and metric, the ratio is candidate / baseline (for latencies, above
+1 is slower; for throughput, above 1 is faster). Its 95% interval comes from resampling
+both runs' raw samples (``measure.stats.bootstrap``, the same function as a run's own
+intervals); a change is called only when the interval excludes "no change" and the ratio
+is beyond the threshold.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from densebench.errors import ConfigError, StoreError
+from densebench.measure.stats import bootstrap
 
 METRICS = ("p50", "p90", "p99", "throughput")
 _PCT = {"p50": 50, "p90": 90, "p99": 99}
@@ -27,6 +30,7 @@ class CellComparison:
     batch_size: int
     mode: str
     device: str
+    scenario: str
     run: str  # candidate run id
     metric: str
     baseline: float | None
@@ -56,9 +60,9 @@ class Comparison:
         return asdict(self)
 
 
-def _key(run: dict, c: dict) -> tuple:
-    return (run.get("model", {}).get("name"), c["variant"], c["batch_size"], c["mode"],
-            c["device"])
+def _key(c) -> tuple:
+    """model, variant, batch size, mode, device, scenario: the cell key less its host."""
+    return c.key()[:6]
 
 
 def _stat(samples: np.ndarray, metric: str, batch: int, axis=None):
@@ -70,19 +74,8 @@ def _stat(samples: np.ndarray, metric: str, batch: int, axis=None):
 def ratio_interval(base: np.ndarray, cand: np.ndarray, metric: str, batch: int, *,
                    resamples: int = 2000, seed: int = 0) -> tuple[float, float] | None:
     """95% percentile-bootstrap interval of stat(cand) / stat(base), resampling each run."""
-    if len(base) < 2 or len(cand) < 2:
-        return None
-    rng = np.random.default_rng(seed)
-    ratios = np.empty(resamples)
-    step = max(1, min(resamples, 2_000_000 // max(len(base), len(cand))))
-    for start in range(0, resamples, step):
-        k = min(step, resamples - start)
-        b = base[rng.integers(0, len(base), size=(k, len(base)))]
-        c = cand[rng.integers(0, len(cand), size=(k, len(cand)))]
-        ratios[start:start + k] = _stat(c, metric, batch, axis=1) / _stat(b, metric, batch,
-                                                                            axis=1)
-    lo, hi = np.quantile(ratios, [0.025, 0.975])
-    return float(lo), float(hi)
+    return bootstrap([base, cand], lambda b, c: _stat(c, metric, batch, axis=1)
+                     / _stat(b, metric, batch, axis=1), resamples=resamples, seed=seed)
 
 
 def _verdict(metric: str, ratio: float, ci, threshold: float) -> str:
@@ -103,13 +96,15 @@ def _verdict(metric: str, ratio: float, ci, threshold: float) -> str:
     return "no significant change"
 
 
-def _supported(c: dict, metric: str) -> bool:
-    st = c.get("stats") or {}
+def _supported(c, metric: str) -> bool:
+    st = c.stats or {}
     return metric == "throughput" or st.get(f"{metric}_ms") is not None
 
 
-def environment_differences(runs: list[dict]) -> list[str]:
+def environment_differences(records: list) -> list[str]:
     """What differs between the runs' environments that could move a number."""
+    runs = [r.data for r in records]
+
     def facts(r: dict) -> dict:
         e = r.get("environment", {})
         s = e.get("settings", {})
@@ -140,8 +135,8 @@ def environment_differences(runs: list[dict]) -> list[str]:
     return out
 
 
-def compare_runs(runs: list[dict], metric: str = "p50", threshold: float = 0.05) -> Comparison:
-    """Compare runs[1:] against runs[0] (the run.json contents)."""
+def compare_runs(runs: list, metric: str = "p50", threshold: float = 0.05) -> Comparison:
+    """Compare runs[1:] against runs[0] (``RunRecord``s)."""
     if metric not in METRICS:
         raise ConfigError(f"unknown metric {metric!r}: choose from {', '.join(METRICS)}")
     if not 0 <= threshold < 1:
@@ -149,27 +144,25 @@ def compare_runs(runs: list[dict], metric: str = "p50", threshold: float = 0.05)
     if len(runs) < 2:
         raise ConfigError("compare needs at least two runs: a baseline and a candidate")
     base_run = runs[0]
-    base_cells = {_key(base_run, c): c for c in base_run["cells"] if c["status"] == "ok"}
+    base_cells = {_key(c): c for c in base_run.cells if c.ok and c.samples_ms}
     cells: list[CellComparison] = []
     unmatched: list[dict] = []
     matched_base: set = set()
     geomean: dict[str, float | None] = {}
     for run in runs[1:]:
         logs = []
-        for c in run["cells"]:
-            if c["status"] != "ok":
+        for c in run.cells:
+            if not c.ok or not c.samples_ms:
                 continue
-            k = _key(run, c)
+            k = _key(c)
             b = base_cells.get(k)
             if b is None:
-                unmatched.append({"run": run["id"], "model": k[0], "variant": k[1],
-                                  "batch_size": k[2], "mode": k[3], "device": k[4],
-                                  "reason": "not in the baseline"})
+                unmatched.append({"run": run.id, **_named(k), "reason": "not in the baseline"})
                 continue
             matched_base.add(k)
-            bs = c["batch_size"]
-            bx = np.asarray(b["samples_ms"], dtype=float)
-            cx = np.asarray(c["samples_ms"], dtype=float)
+            bs = c.batch_size
+            bx = np.asarray(b.samples_ms, dtype=float)
+            cx = np.asarray(c.samples_ms, dtype=float)
             values = {}
             for m in METRICS:
                 if _supported(b, m) and _supported(c, m):
@@ -186,24 +179,27 @@ def compare_runs(runs: list[dict], metric: str = "p50", threshold: float = 0.05)
                 verdict = "not comparable"
             cells.append(CellComparison(
                 model=k[0], variant=k[1], batch_size=bs, mode=k[3], device=k[4],
-                run=run["id"], metric=metric, baseline=bv, candidate=cv, ratio=ratio, ci=ci,
-                verdict=verdict, values=values))
-        geomean[run["id"]] = math.exp(sum(logs) / len(logs)) if logs else None
+                scenario=k[5], run=run.id, metric=metric, baseline=bv, candidate=cv,
+                ratio=ratio, ci=ci, verdict=verdict, values=values))
+        geomean[run.id] = math.exp(sum(logs) / len(logs)) if logs else None
     for k in base_cells:
         if k not in matched_base:
-            unmatched.append({"run": base_run["id"], "model": k[0], "variant": k[1],
-                              "batch_size": k[2], "mode": k[3], "device": k[4],
-                              "reason": "only in the baseline"})
+            unmatched.append({"run": base_run.id, **_named(k), "reason": "only in the baseline"})
     if not cells:
         raise StoreError(
-            "the runs have no cell in common (matched by model, variant, batch size, mode "
-            "and device): nothing to compare"
+            "the runs have no cell in common (matched by model, variant, batch size, mode, "
+            "device and scenario): nothing to compare"
         )
     return Comparison(
-        baseline=base_run["id"], runs=[r["id"] for r in runs[1:]], metric=metric,
+        baseline=base_run.id, runs=[r.id for r in runs[1:]], metric=metric,
         threshold=threshold, cells=cells, unmatched=unmatched,
         environment_warnings=environment_differences(runs), geomean=geomean,
     )
+
+
+def _named(k: tuple) -> dict:
+    return dict(zip(("model", "variant", "batch_size", "mode", "device", "scenario"), k,
+                    strict=True))
 
 
 def rows(comp: Comparison) -> list[dict]:
@@ -212,7 +208,8 @@ def rows(comp: Comparison) -> list[dict]:
     for c in comp.cells:
         row = {"run": c.run, "model": c.model, "variant": c.variant,
                "batch_size": c.batch_size, "mode": c.mode, "device": c.device,
-               "metric": c.metric, "baseline": c.baseline, "candidate": c.candidate,
+               "scenario": c.scenario, "metric": c.metric, "baseline": c.baseline,
+               "candidate": c.candidate,
                "ratio": c.ratio, "ci_low": c.ci[0] if c.ci else None,
                "ci_high": c.ci[1] if c.ci else None, "verdict": c.verdict}
         for m in METRICS:

@@ -1,4 +1,5 @@
-"""The environment fingerprint stamped on every result."""
+"""The environment fingerprint stamped on every result, and the identity of the host that
+measured a cell (so runs from several machines can be merged and compared)."""
 
 from __future__ import annotations
 
@@ -65,6 +66,29 @@ def cpu_info() -> dict:
         "max_mhz": round(freq.max, 0) if freq and freq.max else None,
         "memory_gb": round(mem / 2**30, 1),
     }
+
+
+@functools.lru_cache(maxsize=1)
+def machine_id() -> str:
+    """A stable id of this machine: systemd's machine-id where there is one, else a digest
+    of the hostname and the first network interface's MAC address."""
+    for f in ("/etc/machine-id", "/var/lib/dbus/machine-id"):
+        try:
+            text = Path(f).read_text().strip()
+        except OSError:
+            continue
+        if text:
+            return text
+    import hashlib
+    import uuid
+
+    return hashlib.sha256(f"{platform.node()}:{uuid.getnode()}".encode()).hexdigest()[:32]
+
+
+def host_identity() -> dict:
+    """Who measured: hostname, machine id and CPU model (stamped on every cell)."""
+    return {"hostname": platform.node(), "machine_id": machine_id(),
+            "cpu_model": cpu_info()["model"]}
 
 
 def cpu_supports_bf16() -> bool:
@@ -134,17 +158,20 @@ def fingerprint() -> dict:
         "torch": torch.__version__,
         "torchvision": _version("torchvision"),
         "onnx": _version("onnx"),
-        "onnxruntime": _version("onnxruntime-gpu") or _version("onnxruntime"),
         "numpy": _version("numpy"),
         "cuda": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
     }
+    from densebench.backends import library_versions
+
+    libs.update(library_versions())
     try:
         cpu_capability = torch.backends.cpu.get_cpu_capability()
     except AttributeError:
         cpu_capability = None
     return {
         "hostname": platform.node(),
+        "machine_id": machine_id(),
         "os": f"{platform.system()} {platform.release()}",
         "cpu": cpu_info(),
         "gpus": gpu_info(),

@@ -1,5 +1,6 @@
-"""Accuracy (top-1/top-5 with Wilson intervals) and parity with the fp32 reference, and
-`densebench eval` as a library: every variant over the same images, stored as a run."""
+"""`densebench eval` as a library: accuracy (top-1/top-5 with Wilson intervals) and parity
+with the fp32 reference, every variant over the same images, stored as a run whose cells
+have the scenario ``eval``."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from densebench.errors import ConfigError
+from densebench.errors import RunInterrupted, bad_setting, check_threads, one_line
+from densebench.results.schema import Cell
 
 Emit = Callable[[dict], None]
 
@@ -83,13 +85,12 @@ class EvalConfig:
 
     def __post_init__(self):
         if not self.variants:
-            raise ConfigError("no variant given: pass --variant NAME")
+            raise bad_setting("variants", "is empty: name at least one variant (or all)")
         if self.batch_size < 1:
-            raise ConfigError(f"--batch-size must be at least 1, got {self.batch_size}")
+            raise bad_setting("batch_size", f"must be at least 1, got {self.batch_size}")
         if self.limit is not None and self.limit < 1:
-            raise ConfigError(f"--limit must be at least 1, got {self.limit}")
-        if self.threads is not None and self.threads < 1:
-            raise ConfigError(f"--threads must be at least 1, got {self.threads}")
+            raise bad_setting("limit", f"must be at least 1, got {self.limit}")
+        check_threads(self.threads)
 
 
 def run_eval(cfg: EvalConfig, *, progress: Emit | None = None):
@@ -99,13 +100,11 @@ def run_eval(cfg: EvalConfig, *, progress: Emit | None = None):
     import torchvision
 
     from densebench import data as data_mod
-    from densebench.artifacts import ArtifactCache, ExportSpec
-    from densebench.backends import build_session
     from densebench.devices import resolve_device
-    from densebench.environment import fingerprint
-    from densebench.exporters import export_artifact
+    from densebench.environment import fingerprint, host_identity
     from densebench.measure.stats import summarize
     from densebench.models import check_image_size, get_entry, load_model
+    from densebench.prepare import ModelRef, prepare_variant
     from densebench.results.store import RunStore
     from densebench.variants import expand
 
@@ -165,55 +164,53 @@ def run_eval(cfg: EvalConfig, *, progress: Emit | None = None):
                  "unreadable": len(ds.unreadable), "unreadable_examples": ds.unreadable[:10],
                  "classes": ds.num_classes, "notes": ds.notes, "split": cfg.split
                  if source.kind == "cifar10" else None},
+        "skipped": skipped,
     })
-    rec.data["skipped"] = skipped
     emit({"event": "start", "run": rec.id, "batches": len(batches) * len(variants)})
+    ref = ModelRef(cfg.model, cfg.weights, cfg.num_classes, image_size)
+    host = host_identity()
+    settings = {"data": source.label, "images": n_images, "batch_size": cfg.batch_size}
     try:
         for v in variants:
-            cell = {"variant": v.label, "batch_size": cfg.batch_size, "mode": "e2e",
-                    "device": device, "precision": v.precision, "backend": v.backend,
-                    "description": v.description, "threads": threads}
+            cell = Cell(model=cfg.model, variant=v.label, batch_size=cfg.batch_size,
+                        mode="e2e", device=device, scenario="eval", host=host,
+                        precision=v.precision, backend=v.backend, description=v.description,
+                        threads=threads, scenario_settings=settings)
             try:
-                emit({"event": "phase", "variant": v.label, "phase": "load"})
-                artifact = None
-                if v.artifact:
-                    spec = ExportSpec(cfg.model, v.artifact[0], v.artifact[1], cfg.weights,
-                                      cfg.num_classes, image_size=image_size, device=device)
-                    artifact, _ = export_artifact(spec, ArtifactCache(), loaded=loaded)
-                t0 = time.perf_counter()
-                session = build_session(v, loaded, device, artifact=artifact, threads=threads)
-                load_s = time.perf_counter() - t0
+                prepared = prepare_variant(v, ref, device, threads, loaded=loaded,
+                                           phase=lambda name, v=v: emit({
+                                               "event": "phase", "variant": v.label,
+                                               "phase": name}))
+                session = prepared.session
                 emit({"event": "phase", "variant": v.label, "phase": "evaluate"})
                 par = ParityAccumulator()
                 top1 = top5 = 0
                 samples = []
-                for i, ((x, y), ref) in enumerate(zip(batches, refs, strict=True)):
+                for i, ((x, y), ref_out) in enumerate(zip(batches, refs, strict=True)):
                     t0 = time.perf_counter_ns()
                     out = session.e2e(x)
                     if len(x) == cfg.batch_size:  # a short last batch would skew the timing
                         samples.append((time.perf_counter_ns() - t0) / 1e6)
-                    par.add(out, ref)
+                    par.add(out, ref_out)
                     if y is not None:
                         top1 += topk_correct(out, y, 1)
                         top5 += topk_correct(out, y, 5)
                     emit({"event": "batch", "variant": v.label, "done": i + 1})
-                cell.update(status="ok", error=None, parity=par.result(),
-                            samples_ms=samples, cold_start={"load_s": round(load_s, 4)},
-                            timer="perf_counter_ns",
-                            stats=summarize(samples, cfg.batch_size) if samples else None,
-                            model_size_mb=round(artifact.size_bytes / 1e6, 2) if artifact
-                            else None, options=session.options)
+                cell.parity = par.result()
+                cell.samples_ms = samples
+                cell.cold_start = {"load_s": prepared.cold_start["load_s"]}
+                cell.timer = "perf_counter_ns"
+                cell.stats = summarize(samples, cfg.batch_size) if samples else None
+                cell.model_size_mb = (round(prepared.artifact.size_bytes / 1e6, 2)
+                                      if prepared.artifact else None)
+                cell.options = session.options
                 if ds.num_classes is not None:
-                    cell["accuracy"] = accuracy_result(top1, top5, n_images, meaningful, why)
+                    cell.accuracy = accuracy_result(top1, top5, n_images, meaningful, why)
             except Exception as e:
-                cell.update(status="failed", error=f"{type(e).__name__}: "
-                            f"{str(e).strip().splitlines()[0][:300] if str(e).strip() else ''}")
+                cell = cell.failed(one_line(e))
             rec.add_cell(cell)
-            rec.save()
-            emit({"event": "cell", "cell": cell})
+            emit({"event": "cell", "cell": cell.to_dict()})
     except KeyboardInterrupt:
-        from densebench.runner import RunInterrupted
-
         rec.finish("incomplete")
         raise RunInterrupted(f"interrupted: eval run {rec.id} kept its finished variants "
                              "and is marked incomplete") from None

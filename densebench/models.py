@@ -14,7 +14,6 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import functools
-import hashlib
 import os
 import re
 from collections.abc import Callable
@@ -24,6 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from densebench.checksums import sha256_file
 from densebench.errors import ConfigError, ModelError, WeightsError
 
 DEFAULT_NUM_CLASSES = 1000
@@ -98,6 +98,9 @@ def _torchvision_classification_names() -> tuple[str, ...]:
 
 def list_models(pattern: str = "*", include_torchvision: bool = False) -> list[str]:
     """Registered names matching a glob ``pattern``; with torchvision's too if asked."""
+    from densebench.plugins import load_plugins
+
+    load_plugins()  # plugins may register models
     names = list(_REGISTRY)
     if include_torchvision:
         names += [n for n in _torchvision_classification_names() if n not in _REGISTRY]
@@ -105,6 +108,9 @@ def list_models(pattern: str = "*", include_torchvision: bool = False) -> list[s
 
 
 def get_entry(name: str) -> ModelEntry:
+    from densebench.plugins import load_plugins
+
+    load_plugins()  # plugins may register models
     if name in _REGISTRY:
         return _REGISTRY[name]
     if name in _torchvision_classification_names():
@@ -147,14 +153,6 @@ class WeightsSpec:
         if self.kind == "path":
             return str(self.path)
         return "imagenet"
-
-
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 @dataclass
@@ -287,7 +285,7 @@ def load_model(
         state = _load_file(spec.path)
         module = _seeded(lambda: entry.builder(num_classes=classes), 0)
         _load_state(module, state, spec.path, name, classes)
-        weights_id = f"file:{file_sha256(spec.path)}"
+        weights_id = f"file:{sha256_file(spec.path)}"
         random_weights = False
 
     module.eval()
@@ -361,7 +359,8 @@ def check_image_size(name: str, image_size: int, num_classes: int | None = None)
     Checked on the meta device: no weights, no compute.
     """
     if image_size < 1:
-        raise ConfigError(f"--image-size must be a positive number of pixels, got {image_size}")
+        raise ConfigError(f"image_size must be a positive number of pixels, got {image_size}",
+                          setting="image_size")
     if not _fits(name, image_size, num_classes):
         lo, hi = image_size, max(image_size * 2, 32)
         while not _fits(name, hi, num_classes):

@@ -1,27 +1,26 @@
 """`densebench profile` as a library: where the time goes, for every runtime.
 
-PyTorch variants: torch.profiler (CPU, and CUDA on a GPU; shapes and memory) into an
-operator table, a Chrome/Perfetto trace and a TensorBoard trace. ONNX Runtime variants: its
-own profiler (``enable_profiling``), parsed into the same table (by op type and by node).
-Every variant: a per-iteration time breakdown, busy-versus-wall utilisation, FLOPs from
-``torch.utils.flop_counter`` with achieved GFLOP/s (and, on the CPU, the share of an
-estimated peak), peak memory, and hints where the profile shows the evidence.
+The variant is prepared like any other (``prepare.py``) and profiled by its backend's own
+profiler (``Backend.profile``: torch.profiler for PyTorch runtimes, with Chrome/Perfetto
+and TensorBoard traces; ONNX Runtime's profiler, by op type and by node), into one operator
+table. Every variant also gets a per-iteration time breakdown, busy-versus-wall
+utilisation, FLOPs from ``torch.utils.flop_counter`` with achieved GFLOP/s (and, on the
+CPU, the share of an estimated peak), peak memory, and hints where the profile shows the
+evidence.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 import statistics
 import time
-from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
-from densebench.errors import ConfigError, DensebenchError
+from densebench.errors import DensebenchError, bad_setting, check_threads, one_line
 
 
 class ProfileError(DensebenchError):
@@ -46,14 +45,13 @@ class ProfileConfig:
     name: str | None = None
 
     def __post_init__(self):
-        for opt, v in (("--batch-size", self.batch_size), ("--iters", self.iters),
-                       ("--top", self.top)):
+        for setting, v in (("batch_size", self.batch_size), ("iters", self.iters),
+                           ("top", self.top)):
             if v < 1:
-                raise ConfigError(f"{opt} must be at least 1, got {v}")
+                raise bad_setting(setting, f"must be at least 1, got {v}")
         if self.warmup < 0:
-            raise ConfigError(f"--warmup must not be negative, got {self.warmup}")
-        if self.threads is not None and self.threads < 1:
-            raise ConfigError(f"--threads must be at least 1, got {self.threads}")
+            raise bad_setting("warmup", f"must not be negative, got {self.warmup}")
+        check_threads(self.threads)
 
 
 # ------------------------------------------------------------------ FLOPs and peak
@@ -131,61 +129,6 @@ def cpu_peak_gflops(precision: str, cores: int) -> dict:
             "note": "estimate: sustained clocks under vector load are often lower"}
 
 
-# ------------------------------------------------------------------ tables
-
-
-def table_from_torch(prof, device: str) -> list[dict]:
-    rows = []
-    cuda = device.startswith("cuda")
-    for e in prof.key_averages():
-        self_dev = getattr(e, "self_device_time_total", None)
-        if self_dev is None:
-            self_dev = getattr(e, "self_cuda_time_total", 0)
-        rows.append({"name": e.key, "calls": e.count,
-                     "self_cpu_us": float(e.self_cpu_time_total),
-                     "total_cpu_us": float(e.cpu_time_total),
-                     "self_device_us": float(self_dev or 0),
-                     "self_cpu_memory_bytes": int(getattr(e, "self_cpu_memory_usage", 0) or 0)})
-    key = "self_device_us" if cuda and sum(r["self_device_us"] for r in rows) > 0 else \
-        "self_cpu_us"
-    total = sum(r[key] for r in rows) or 1.0
-    for r in rows:
-        r["share"] = r[key] / total
-    rows.sort(key=lambda r: -r[key])
-    return rows
-
-
-def table_from_ort(trace: list[dict]) -> tuple[list[dict], list[dict], list[dict]]:
-    """ONNX Runtime's profile: (by op type, by node, nodes with their provider)."""
-    by_op: dict[str, dict] = defaultdict(lambda: {"calls": 0, "us": 0.0, "providers": set()})
-    by_node: dict[str, dict] = {}
-    for ev in trace:
-        if ev.get("cat") != "Node" or not str(ev.get("name", "")).endswith("_kernel_time"):
-            continue
-        args = ev.get("args", {})
-        op = args.get("op_name", "?")
-        node = ev["name"][: -len("_kernel_time")]
-        dur = float(ev.get("dur", 0))
-        provider = args.get("provider", "?")
-        by_op[op]["calls"] += 1
-        by_op[op]["us"] += dur
-        by_op[op]["providers"].add(provider)
-        n = by_node.setdefault(node, {"name": node, "op_type": op, "provider": provider,
-                                      "calls": 0, "us": 0.0})
-        n["calls"] += 1
-        n["us"] += dur
-    total = sum(v["us"] for v in by_op.values()) or 1.0
-    ops = [{"name": k, "calls": v["calls"], "self_cpu_us": v["us"], "total_cpu_us": v["us"],
-            "self_device_us": 0.0, "share": v["us"] / total,
-            "providers": ",".join(sorted(v["providers"]))} for k, v in by_op.items()]
-    ops.sort(key=lambda r: -r["self_cpu_us"])
-    nodes = sorted(by_node.values(), key=lambda r: -r["us"])
-    for n in nodes:
-        n["share"] = n["us"] / total
-    return ops, nodes, [{"node": n["name"], "op_type": n["op_type"], "provider": n["provider"]}
-                        for n in nodes]
-
-
 # ------------------------------------------------------------------ hints
 
 
@@ -194,18 +137,15 @@ LAYOUT_OPS = ("reorder", "to_mkldnn", "to_dense", "contiguous", "copy_", "clone"
 
 
 def hints(table: list[dict], device: str, breakdown: dict, nodes_on_cpu: list[dict],
-          variant) -> list[str]:
+          prepared) -> list[str]:
     out = []
     layout = [r for r in table if any(k.lower() in r["name"].lower() for k in LAYOUT_OPS)]
     layout_share = sum(r["share"] for r in layout)
-    names = ", ".join(r["name"] for r in layout[:3])
-    if layout_share > 0.05 and variant.backend == "onnxruntime":
-        out.append(f"layout conversions take {layout_share:.0%} of the time ({names}): ONNX "
-                   "Runtime moves tensors between NCHW and the NHWC layout of its kernels "
-                   "around each such node")
-    elif layout_share > 0.05 and not variant.channels_last:
-        out.append(f"layout conversions take {layout_share:.0%} of the time ({names}): try "
-                   "channels-last (variant channels-last, amp-bf16 or compile)")
+    if layout_share > 0.05:
+        names = ", ".join(r["name"] for r in layout[:3])
+        hint = prepared.backend.layout_hint(prepared.variant, layout_share, names)
+        if hint:
+            out.append(hint)
     if device.startswith("cuda"):
         busy = breakdown.get("device_busy_fraction")
         kernels = breakdown.get("kernels_per_iter") or 0
@@ -256,14 +196,13 @@ def _time_parts(session, x_host, iters: int) -> dict:
 def run_profile(cfg: ProfileConfig, *, progress: Emit | None = None):
     import sys
 
-    from densebench.artifacts import ArtifactCache, ExportSpec
-    from densebench.backends import build_session
     from densebench.devices import resolve_device
     from densebench.environment import cpu_info, fingerprint, process_cpu_seconds
-    from densebench.exporters import export_artifact, fixed_input
+    from densebench.exporters import fixed_input
     from densebench.models import check_image_size, load_model
+    from densebench.prepare import ModelRef, prepare_variant
     from densebench.results.store import RunStore
-    from densebench.runner import _peak_rss_mb
+    from densebench.scenarios.closed_loop import peak_rss_mb
     from densebench.variants import expand
 
     emit = progress or (lambda ev: None)
@@ -283,90 +222,42 @@ def run_profile(cfg: ProfileConfig, *, progress: Emit | None = None):
                   "weights_description": loaded.describe_weights(),
                   "num_classes": loaded.num_classes, "image_size": image_size},
     })
-    out_dir = rec.path / "profiles" / variant.label.replace(":", "_")
+    safe = variant.label.replace(":", "_")
+    out_dir = rec.path / "profiles" / safe
     out_dir.mkdir(parents=True)
-    try:
-        artifact = None
-        if variant.artifact:
-            emit({"event": "phase", "phase": "export"})
-            spec = ExportSpec(cfg.model, variant.artifact[0], variant.artifact[1], cfg.weights,
-                              cfg.num_classes, image_size=image_size, device=device)
-            artifact, _ = export_artifact(spec, ArtifactCache(), loaded=loaded)
-        emit({"event": "phase", "phase": "load"})
-        prefix = str(out_dir / "ort") if variant.backend == "onnxruntime" else None
-        if variant.backend == "onnxruntime":
-            from densebench.backends.ort import OrtSession
 
-            session = OrtSession.create(variant, artifact, device, threads=threads,
-                                        profile_prefix=prefix)
-        else:
-            session = build_session(variant, loaded, device, artifact=artifact,
-                                    threads=threads)
+    def phase(name: str) -> None:
+        emit({"event": "phase", "variant": variant.label, "phase": name})
+
+    try:
+        prepared = prepare_variant(
+            variant, ModelRef(cfg.model, cfg.weights, cfg.num_classes, image_size), device,
+            threads, loaded=loaded, profile_dir=out_dir, phase=phase)
+        session = prepared.session
         x_host = fixed_input(cfg.batch_size, image_size)
         xd = session.to_device(x_host)
-        emit({"event": "phase", "phase": "warm-up"})
+        phase("warm-up")
         for _ in range(max(1, cfg.warmup)):
             session(xd)
         session.synchronize()
-        emit({"event": "phase", "phase": "profile"})
+        phase("profile")
         cpu0, wall0 = process_cpu_seconds(), time.perf_counter()
-        files: dict[str, str] = {}
-        breakdown: dict = {}
-        nodes_on_cpu: list[dict] = []
-        if variant.backend == "onnxruntime":
-            for _ in range(cfg.iters):
-                session(xd)
-            session.synchronize()
-            wall = time.perf_counter() - wall0
-            cpu1 = process_cpu_seconds()
-            trace_path = Path(session.session.end_profiling())
-            shutil.move(trace_path, out_dir / "ort_trace.json")
-            files["trace"] = "ort_trace.json"
-            trace = json.loads((out_dir / "ort_trace.json").read_text())
-            table, nodes, placement = table_from_ort(trace)
-            if not table:
-                raise RuntimeError("ONNX Runtime's profile holds no node events")
-            _write_csv(nodes, out_dir / "nodes.csv")
-            files["nodes"] = "nodes.csv"
-            nodes_on_cpu = [n for n in placement if device.startswith("cuda")
-                            and n["provider"] == "CPUExecutionProvider"]
-            breakdown["profiled_node_ms_per_iter"] = sum(r["self_cpu_us"] for r in table) / \
-                1e3 / cfg.iters
-        else:
-            from torch.profiler import ProfilerActivity, profile, tensorboard_trace_handler
-
-            acts = [ProfilerActivity.CPU]
-            if device.startswith("cuda"):
-                acts.append(ProfilerActivity.CUDA)
-            with profile(activities=acts, record_shapes=True, profile_memory=True) as prof:
-                for _ in range(cfg.iters):
-                    session(xd)
-                session.synchronize()
-            wall = time.perf_counter() - wall0
-            cpu1 = process_cpu_seconds()
-            table = table_from_torch(prof, device)
-            # the PyTorch profiler plugin reads <logdir>/<worker>.<time>.pt.trace.json; the
-            # same trace opens in Perfetto / chrome://tracing
-            tb_dir = rec.path / "tb" / f"profile_{variant.label.replace(':', '_')}"
-            tensorboard_trace_handler(str(tb_dir), worker_name=variant.label.replace(":", "_")
-                                      )(prof)
-            tb_trace = next(tb_dir.glob("*.pt.trace.json"))
-            shutil.copyfile(tb_trace, out_dir / "trace.json")
-            files["trace"] = "trace.json"
+        tb_dir = rec.path / "tb" / f"profile_{safe}"
+        trace = prepared.backend.profile(session, xd, cfg.iters, out_dir, tb_dir)
+        wall = time.perf_counter() - wall0
+        cpu1 = process_cpu_seconds()
+        table, files, breakdown = trace.table, dict(trace.files), dict(trace.breakdown)
+        if "tensorboard" in files:
             files["tensorboard"] = str(tb_dir.relative_to(rec.path))
-            if device.startswith("cuda"):
-                kern = [e for e in prof.events()
-                        if getattr(e, "device_type", None) == torch.autograd.DeviceType.CUDA]
-                durs = [getattr(e, "device_time", 0.0) or 0.0 for e in kern]
-                breakdown["kernels_per_iter"] = len(kern) / cfg.iters
-                breakdown["median_kernel_us"] = statistics.median(durs) if durs else None
-                breakdown["device_busy_fraction"] = (sum(durs) / 1e6) / wall if wall else None
+        if "device_time_s" in breakdown:
+            breakdown["device_busy_fraction"] = breakdown.pop("device_time_s") / wall \
+                if wall else None
         _write_csv(table, out_dir / "operators.csv")
         files["operators"] = "operators.csv"
         busy = cpu1 - cpu0
         breakdown["wall_ms_per_iter_profiled"] = wall * 1e3 / cfg.iters
         breakdown["cpu_busy_fraction"] = busy / (wall * threads) if wall else None
-        emit({"event": "phase", "phase": "time breakdown"})
+        phase("time breakdown")
         breakdown.update(_time_parts(session, x_host, max(3, cfg.iters)))
         flops = count_flops(loaded.module, cfg.batch_size, image_size)
         achieved = flops / (breakdown["compute_ms"] / 1e3) / 1e9
@@ -375,13 +266,14 @@ def run_profile(cfg: ProfileConfig, *, progress: Emit | None = None):
             prec = variant.precision if variant.precision in ("bf16", "int8") else "fp32"
             cores = min(threads, cpu_info()["physical_cores"] or threads)
             peak = cpu_peak_gflops(prec, cores)
-        memory = {"peak_rss_mb": round(_peak_rss_mb(), 1)}
+        memory = {"peak_rss_mb": round(peak_rss_mb(), 1)}
         if device.startswith("cuda"):
             memory["cuda_peak_allocated_mb"] = round(torch.cuda.max_memory_allocated(device)
                                                      / 2**20, 1)
         result = {
             "variant": variant.label, "batch_size": cfg.batch_size, "device": device,
             "iters": cfg.iters, "path": str(out_dir.relative_to(rec.path)), "files": files,
+            "profiler": prepared.backend.PROFILER,
             "top": table[:cfg.top], "operators": len(table),
             "breakdown": breakdown,
             "flops_per_iter": flops, "gflops_per_image": flops / cfg.batch_size / 1e9,
@@ -389,8 +281,9 @@ def run_profile(cfg: ProfileConfig, *, progress: Emit | None = None):
             "peak": peak,
             "peak_share": achieved / peak["gflops"] if peak and peak.get("gflops") else None,
             "memory": memory,
-            "hints": hints(table, device, breakdown, nodes_on_cpu, variant),
+            "hints": hints(table, device, breakdown, trace.nodes_on_cpu, prepared),
             "options": session.options,
+            "cold_start": prepared.cold_start,
         }
         (out_dir / "summary.json").write_text(json.dumps(result, indent=1, default=str))
         rec.data["profiles"].append(result)
@@ -400,13 +293,11 @@ def run_profile(cfg: ProfileConfig, *, progress: Emit | None = None):
         rec.finish("incomplete")
         raise
     except Exception as e:
-        rec.data["error"] = f"{type(e).__name__}: {e}"
+        rec.data["error"] = one_line(e)
         rec.finish("failed")
         if isinstance(e, DensebenchError):
             raise
-        raise ProfileError(
-            f"cannot profile {variant.label}: {str(e).strip().splitlines()[0][:200]}"
-        ) from e
+        raise ProfileError(f"cannot profile {variant.label}: {one_line(e)}") from e
 
 
 def _write_csv(rows: list[dict], path: Path) -> None:

@@ -1,138 +1,150 @@
-"""Named variants: a backend plus options, and the device rules each needs."""
+"""Named variants: presets over registered backends (``densebench.backends``).
+
+A variant names a backend, the precision of its compute, the artifact it loads from the
+cache (if any) and backend options. Whether it can run on a device is its backend's
+answer. Plugins add variants with ``register_variant``, as the built-ins below do.
+"""
 
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 
 from densebench.errors import VariantError
-
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 
 
 @dataclass(frozen=True)
 class Variant:
     name: str
-    backend: str  # eager | torchscript | compile | aoti | onnxruntime
+    backend: str  # a registered backend's NAME
     description: str
     precision: str = "fp32"  # numerics of the compute: fp32 | fp16 | bf16 | int8
-    channels_last: bool = False
-    autocast: str | None = None  # fp16 | bf16
     artifact: tuple[str, str] | None = None  # (format, precision) from the cache
-    provider: str | None = None  # onnxruntime: device | tensorrt
-    compile_mode: str | None = None
+    options: Mapping = field(default_factory=dict)  # backend options (channels_last, ...)
+    mode: str | None = None  # a backend mode (torch.compile's), suffixed to the label
 
     @property
     def label(self) -> str:
-        """The name a cell is stored under (compile modes other than default are suffixed)."""
-        if self.compile_mode and self.compile_mode != "default":
-            return f"{self.name}:{self.compile_mode}"
+        """The name a cell is stored under (modes other than default are suffixed)."""
+        if self.mode and self.mode != "default":
+            return f"{self.name}:{self.mode}"
         return self.name
 
-    def with_compile_mode(self, mode: str) -> Variant:
-        from dataclasses import replace
+    def with_mode(self, mode: str) -> Variant:
+        return replace(self, mode=mode)
 
-        return replace(self, compile_mode=mode)
+    @property
+    def modes(self) -> tuple[str, ...]:
+        """The modes its backend offers (empty: it takes none)."""
+        from densebench.backends import get_backend
+
+        return get_backend(self.backend).MODES
 
     def unsupported_reason(self, device: str) -> str | None:
         """Why this variant cannot run on ``device`` (``cpu``, ``cuda``, ``cuda:N``), or None."""
-        from densebench.environment import cpu_supports_bf16
+        from densebench.backends import get_backend
 
-        cuda = device.startswith("cuda")
-        if self.autocast == "fp16" and not cuda:
-            return f"{self.name} needs a CUDA GPU (fp16 autocast is a GPU path)"
-        if self.autocast == "bf16" and not cuda and not cpu_supports_bf16():
-            return (f"{self.name} needs a CUDA GPU or a CPU with native bf16 "
-                    "(AVX-512 BF16, AMX or Arm BF16); this CPU has none")
-        if self.autocast == "bf16" and cuda:
-            import torch
-
-            if not torch.cuda.is_bf16_supported():
-                return f"{self.name}: this GPU has no bf16 support"
-        if self.provider == "tensorrt":
-            if not cuda:
-                return f"{self.name} needs a CUDA GPU with TensorRT"
-            import onnxruntime as ort
-
-            if "TensorrtExecutionProvider" not in ort.get_available_providers():
-                return f"{self.name}: this ONNX Runtime build has no TensorRT provider"
-        if self.backend == "onnxruntime" and cuda and self.provider != "tensorrt":
-            import onnxruntime as ort
-
-            if "CUDAExecutionProvider" not in ort.get_available_providers():
-                return (f"{self.name}: this ONNX Runtime build has no CUDA provider "
-                        "(install onnxruntime-gpu)")
-        return None
+        return get_backend(self.backend).supported(self, device)
 
 
-VARIANTS: dict[str, Variant] = {v.name: v for v in [
+_VARIANTS: dict[str, Variant] = {}
+
+
+def register_variant(v: Variant) -> Variant:
+    if v.name in _VARIANTS and _VARIANTS[v.name] != v:
+        raise TypeError(f"variant {v.name!r} is already registered")
+    if ":" in v.name or "," in v.name or not v.name:
+        raise TypeError(f"variant name {v.name!r}: no ':' or ','")
+    _VARIANTS[v.name] = v
+    return v
+
+
+def variants() -> dict[str, Variant]:
+    """Every registered variant, built-ins first, then plugins'."""
+    from densebench.plugins import load_plugins
+
+    load_plugins()
+    return dict(_VARIANTS)
+
+
+for _v in [
     Variant("eager", "eager", "PyTorch fp32, NCHW"),
     Variant("channels-last", "eager", "PyTorch fp32, channels_last memory format",
-            channels_last=True),
+            options={"channels_last": True}),
     Variant("amp-fp16", "eager", "autocast fp16, channels_last (CUDA)", precision="fp16",
-            channels_last=True, autocast="fp16"),
+            options={"channels_last": True, "autocast": "fp16"}),
     Variant("amp-bf16", "eager", "autocast bf16, channels_last (CUDA or a CPU with bf16)",
-            precision="bf16", channels_last=True, autocast="bf16"),
+            precision="bf16", options={"channels_last": True, "autocast": "bf16"}),
     Variant("torchscript", "torchscript",
             "traced, frozen TorchScript from the cache, optimize_for_inference",
             artifact=("torchscript", "fp32")),
     Variant("compile", "compile", "torch.compile (inductor, freezing), fp32, channels_last",
-            channels_last=True, compile_mode="default"),
+            options={"channels_last": True}, mode="default"),
     Variant("compile-bf16", "compile", "torch.compile (inductor, freezing) with bf16 autocast",
-            precision="bf16", channels_last=True, autocast="bf16", compile_mode="default"),
+            precision="bf16", options={"channels_last": True, "autocast": "bf16"},
+            mode="default"),
     Variant("aoti", "aoti", "torch.export + AOTInductor package from the cache",
             artifact=("aoti", "fp32")),
     Variant("onnxruntime", "onnxruntime",
             "ONNX Runtime fp32 on the device's provider, all graph optimisations",
-            artifact=("onnx", "fp32"), provider="device"),
+            artifact=("onnx", "fp32"), options={"provider": "device"}),
     Variant("onnxruntime-trt", "onnxruntime", "ONNX Runtime TensorRT provider (fp16 allowed)",
-            precision="fp16", artifact=("onnx", "fp32"), provider="tensorrt"),
+            precision="fp16", artifact=("onnx", "fp32"), options={"provider": "tensorrt"}),
     Variant("onnxruntime-fp16", "onnxruntime", "ONNX Runtime on the fp16 artifact",
-            precision="fp16", artifact=("onnx", "fp16"), provider="device"),
+            precision="fp16", artifact=("onnx", "fp16"), options={"provider": "device"}),
     Variant("onnxruntime-int8", "onnxruntime",
             "ONNX Runtime on the int8 QDQ artifact (static, per-channel)",
-            precision="int8", artifact=("onnx", "int8"), provider="device"),
-]}
+            precision="int8", artifact=("onnx", "int8"), options={"provider": "device"}),
+]:
+    register_variant(_v)
 
 
 def get_variant(name: str) -> Variant:
+    known = variants()
     base, _, mode = name.partition(":")
-    if base not in VARIANTS:
-        close = difflib.get_close_matches(base, list(VARIANTS), n=3, cutoff=0.5)
+    if base not in known:
+        close = difflib.get_close_matches(base, list(known), n=3, cutoff=0.5)
         hint = (f"did you mean {', '.join(close)}?" if close
-                else f"choose from {', '.join(VARIANTS)}")
+                else f"choose from {', '.join(known)}")
         raise VariantError(f"unknown variant {name!r}: {hint}")
-    v = VARIANTS[base]
+    v = known[base]
     if mode:
-        if v.backend != "compile" or mode not in COMPILE_MODES:
-            raise VariantError(f"variant {name!r}: only compile variants take a mode "
-                               f"({', '.join(COMPILE_MODES)})")
-        v = v.with_compile_mode(mode)
+        if mode not in v.modes:
+            offered = ", ".join(v.modes) if v.modes else "none"
+            raise VariantError(f"variant {name!r}: {base} takes no mode {mode!r} "
+                               f"(its modes: {offered})")
+        v = v.with_mode(mode)
     return v
 
 
-def expand(names: list[str], compile_modes: list[str], device: str
+def expand(names: list[str], modes: list[str], device: str
            ) -> tuple[list[Variant], list[dict]]:
     """The variants to run and the ones skipped (with why), in order, without repeats.
 
-    ``all`` means every variant, skipping those the device cannot run; a variant named
-    explicitly that the device cannot run is an error.
+    ``modes`` apply to variants whose backend has modes (torch.compile's); ``all`` means
+    every variant, skipping those the device cannot run; a variant named explicitly that
+    the device cannot run is an error.
     """
-    for m in compile_modes:
-        if m not in COMPILE_MODES:
-            raise VariantError(
-                f"unknown compile mode {m!r}: choose from {', '.join(COMPILE_MODES)}"
-            )
+    offered = {m for v in variants().values() for m in v.modes}
+    for m in modes:
+        if m not in offered:
+            raise VariantError(f"unknown compile mode {m!r}: choose from "
+                               f"{', '.join(sorted(offered))}")
     chosen: list[Variant] = []
     skipped: list[dict] = []
     explicit = [n for n in names if n != "all"]
     for n in names:
-        pool = list(VARIANTS) if n == "all" else [n]
+        pool = list(variants()) if n == "all" else [n]
         for name in pool:
             v = get_variant(name)
-            modes = [v.compile_mode] if ":" in name else compile_modes
-            for one in ([v.with_compile_mode(m) for m in modes] if v.backend == "compile"
-                        else [v]):
+            if ":" in name:
+                candidates = [v]
+            elif v.modes:
+                candidates = [v.with_mode(m) for m in modes if m in v.modes]
+            else:
+                candidates = [v]
+            for one in candidates:
                 if any(c.label == one.label for c in chosen):
                     continue
                 reason = one.unsupported_reason(device)

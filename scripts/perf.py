@@ -28,15 +28,14 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def harness_overhead(rounds: int, iters: int) -> dict:
-    from densebench.backends import build_session
     from densebench.exporters import fixed_input
     from densebench.measure.engine import StopRule, Warmup, time_calls, warm_up
     from densebench.measure.stats import summarize
-    from densebench.models import load_model
+    from densebench.prepare import ModelRef, prepare_variant
     from densebench.variants import get_variant
 
-    loaded = load_model("densenet121")
-    session = build_session(get_variant("eager"), loaded, "cpu")
+    session = prepare_variant(get_variant("eager"), ModelRef("densenet121"), "cpu",
+                              torch.get_num_threads()).session
     x = session.to_device(fixed_input(1, 224))
     warm_up(session, x, Warmup(count=10), session.synchronize)
     ours, bare = [], []
@@ -58,12 +57,11 @@ def harness_overhead(rounds: int, iters: int) -> dict:
 def best_over_eager(variants: list[str], min_time: float, rounds: int) -> dict:
     """Every variant in this one process, measured in alternating rounds (ABAB...) so that
     the machine's drift falls on all of them alike; the ratio is of per-variant medians."""
-    from densebench.artifacts import ArtifactCache, ExportSpec
-    from densebench.backends import build_session
-    from densebench.exporters import export_artifact, fixed_input
+    from densebench.exporters import fixed_input
     from densebench.measure.engine import StopRule, Warmup, time_calls, warm_up
     from densebench.measure.stats import summarize
     from densebench.models import load_model
+    from densebench.prepare import ModelRef, prepare_variant
     from densebench.variants import get_variant
 
     loaded = load_model("densenet121")
@@ -72,12 +70,8 @@ def best_over_eager(variants: list[str], min_time: float, rounds: int) -> dict:
     for name in variants:
         v = get_variant(name)
         try:
-            art = None
-            if v.artifact:
-                art, _ = export_artifact(ExportSpec("densenet121", *v.artifact), ArtifactCache(),
-                                         loaded=loaded)
-            sess = build_session(v, loaded, "cpu", artifact=art,
-                                 threads=torch.get_num_threads())
+            sess = prepare_variant(v, ModelRef("densenet121"), "cpu", torch.get_num_threads(),
+                                   loaded=loaded).session
             x = sess.to_device(x_host)
             warm_up(sess, x, Warmup(count=3), sess.synchronize)
             sessions[name] = (sess, x)

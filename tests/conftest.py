@@ -16,6 +16,9 @@ from densebench.exporters import export_artifact
 
 REPO = Path(__file__).resolve().parent.parent
 TINY_SIZE = 32  # the smallest input densenet-tiny takes: fast
+# the test runtime (known service time) and the pool-tiny model, registered as a plugin in
+# this process and, through the environment, in every worker process
+SLEEPY = REPO / "tests" / "plugins" / "sleepy.py"
 
 
 def pytest_collection_modifyitems(config, items):
@@ -33,6 +36,7 @@ def workdir(tmp_path, monkeypatch):
     monkeypatch.setenv("DENSEBENCH_ARTIFACTS", str(tmp_path / "artifacts"))
     monkeypatch.setenv("DENSEBENCH_RUNS", str(tmp_path / "runs"))
     monkeypatch.delenv("DENSEBENCH_DEBUG", raising=False)
+    monkeypatch.setenv("DENSEBENCH_PLUGINS", str(SLEEPY))
     return tmp_path
 
 

@@ -11,6 +11,7 @@ from densebench.compare import compare_runs
 from densebench.environment import fingerprint
 from densebench.errors import ConfigError, StoreError
 from densebench.measure.stats import summarize
+from densebench.results.schema import Cell
 from densebench.results.store import RunStore
 
 from .conftest import TINY_SIZE
@@ -23,9 +24,9 @@ def _fixture_run(name, cells, env=None, threads=2):
                        extra={"model": {"name": "densenet121", "image_size": 224},
                               "device": "cpu", "threads": threads})
     for variant, bs, samples in cells:
-        rec.add_cell({"variant": variant, "batch_size": bs, "mode": "model", "device": "cpu",
-                      "status": "ok", "samples_ms": list(samples),
-                      "stats": summarize(samples, bs), "precision": "fp32"})
+        rec.add_cell(Cell(model="densenet121", variant=variant, batch_size=bs, mode="model",
+                          device="cpu", samples_ms=list(samples),
+                          stats=summarize(samples, bs), precision="fp32"))
     rec.finish("complete")
     return rec
 
@@ -46,7 +47,7 @@ def fixture_runs(workdir):
 
 def test_two_x_slowdown_is_flagged_and_noise_is_not(fixture_runs):
     base, slow = fixture_runs
-    comp = compare_runs([base.data, slow.data])
+    comp = compare_runs([base, slow])
     by = {c.variant: c for c in comp.cells}
     assert by["eager"].verdict == "slower"
     assert by["eager"].ratio == pytest.approx(2.0, rel=0.02)
@@ -56,24 +57,24 @@ def test_two_x_slowdown_is_flagged_and_noise_is_not(fixture_runs):
     assert [u["variant"] for u in comp.unmatched] == ["compile"]
     expected = np.sqrt(by["eager"].ratio * by["onnxruntime"].ratio)
     assert comp.geomean[slow.id] == pytest.approx(expected)
-    thr = compare_runs([base.data, slow.data], metric="throughput")
+    thr = compare_runs([base, slow], metric="throughput")
     assert {c.variant: c.verdict for c in thr.cells}["eager"] == "slower"
     assert {c.variant: c.ratio for c in thr.cells}["eager"] == pytest.approx(0.5, rel=0.02)
 
 
 def test_improvement_is_faster(fixture_runs):
     base, slow = fixture_runs
-    comp = compare_runs([slow.data, base.data])
+    comp = compare_runs([slow, base])
     assert {c.variant: c.verdict for c in comp.cells}["eager"] == "faster"
 
 
 def test_small_real_change_below_threshold_is_not_called(workdir):
     a = _fixture_run("a", [("eager", 1, _noise(10.0, 500, 1, sd=0.005))])
     b = _fixture_run("b", [("eager", 1, _noise(10.2, 500, 2, sd=0.005))])  # +2%, significant
-    comp = compare_runs([a.data, b.data], threshold=0.05)
+    comp = compare_runs([a, b], threshold=0.05)
     assert comp.cells[0].ci[0] > 1.0  # statistically real...
     assert comp.cells[0].verdict == "no significant change"  # ...but below 5%
-    assert compare_runs([a.data, b.data], threshold=0.01).cells[0].verdict == "slower"
+    assert compare_runs([a, b], threshold=0.01).cells[0].verdict == "slower"
 
 
 def test_cli_formats_and_exit_codes(cli, fixture_runs):
@@ -133,9 +134,9 @@ def test_compare_errors(cli, fixture_runs, workdir):
     assert "unknown metric" in cli("compare", "base", "base", "--metric", "p42").stderr
     assert cli("compare", "base").exit_code != 0
     with pytest.raises(ConfigError):
-        compare_runs([base.data, base.data], threshold=2)
+        compare_runs([base, base], threshold=2)
     with pytest.raises(StoreError):
-        compare_runs([base.data, other.data])
+        compare_runs([base, other])
 
 
 def test_report_writes_png_and_html(cli, fixture_runs, workdir):

@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from densebench.accuracy import ParityAccumulator, topk_correct, wilson_interval
 from densebench.data import Source, load
+from densebench.eval import ParityAccumulator, topk_correct, wilson_interval
 from densebench.models import load_model
 from densebench.results.store import RunStore
 

@@ -4,8 +4,9 @@ import json
 
 import pytest
 
+from densebench.backends.onnxruntime import table_from_ort
 from densebench.models import load_model
-from densebench.profiling import count_flops, cpu_peak_gflops, table_from_ort
+from densebench.profile import count_flops, cpu_peak_gflops
 
 from .conftest import TINY_SIZE
 

@@ -48,15 +48,18 @@ def test_real_variants_isolated(cli, workdir):
 
     run = RunStore().load(summary["run"])
     d = run.data
-    assert d["schema_version"] == 1 and d["kind"] == "benchmark"
+    assert d["schema_version"] == 2 and d["kind"] == "benchmark"
     assert d["model"]["random_weights"] is True
     assert d["environment"]["cpu"]["logical_cores"] >= 1
     assert d["environment"]["settings"]["torch_threads"] >= 1
-    for c in d["cells"]:
-        assert len(c["samples_ms"]) == 5
-        assert c["timer"] == "perf_counter_ns"
-        assert c["memory"]["peak_rss_mb"] > 0
-        assert c["cold_start"]["load_s"] >= 0 and "first_inference_s" in c["cold_start"]
+    for c in run.cells:
+        assert len(c.samples_ms) == 5
+        assert c.timer == "perf_counter_ns"
+        assert c.memory["peak_rss_mb"] > 0
+        assert c.cold_start["load_s"] >= 0 and "first_inference_s" in c.cold_start
+        assert c.model == "densenet-tiny" and c.scenario == "closed-loop"
+        assert c.host["hostname"] and c.host["machine_id"] and c.host["cpu_model"]
+        assert c.scenario_settings["iters"] == 5
     assert d["variants"]["onnxruntime"]["options"]["providers"] == ["CPUExecutionProvider"]
     assert (run.path / "logs" / "eager.log").exists()
     csv = pd.read_csv(run.path / "results.csv")
@@ -113,8 +116,11 @@ def test_run_json_round_trip_and_schema_guard(cli, workdir):
     path = workdir / "runs" / summary["run"]
     rec = load_run(path)
     text = (path / "run.json").read_text()
+    cells = (path / "cells.jsonl").read_text()
     rec.save()
     assert json.loads((path / "run.json").read_text()) == json.loads(text)
+    assert (path / "cells.jsonl").read_text() == cells
+    assert [c.to_dict() for c in load_run(path).cells] == [c.to_dict() for c in rec.cells]
     data = json.loads(text)
     data["schema_version"] = 99
     (path / "run.json").write_text(json.dumps(data))
@@ -129,7 +135,7 @@ def test_run_json_round_trip_and_schema_guard(cli, workdir):
 def _workers_of(pid):
     try:
         return [p for p in psutil.Process(pid).children(recursive=True)
-                if "densebench.runner" in " ".join(p.cmdline())]
+                if "densebench.worker" in " ".join(p.cmdline())]
     except psutil.NoSuchProcess:
         return []
 
@@ -181,27 +187,22 @@ def test_ctrl_c_keeps_finished_cells_and_marks_the_run_incomplete(workdir):
                         "eager,channels-last,onnxruntime", "-b", "1", "--warmup", "1",
                         "--min-time", "2", "--min-iters", "1")
     deadline = time.time() + 180
-    run_json = None
+    run_dir = None
     while time.time() < deadline:
-        found = list((workdir / "runs").glob("*/run.json"))
-        if found:
-            try:
-                data = json.loads(found[0].read_text())
-            except ValueError:
-                data = {"cells": []}
-            if sum(c["status"] == "ok" for c in data["cells"]) >= 2:
-                run_json = found[0]
-                break
+        found = list((workdir / "runs").glob("*/cells.jsonl"))
+        if found and found[0].read_text().count('"status": "ok"') >= 2:
+            run_dir = found[0].parent
+            break
         time.sleep(0.2)
-    assert run_json is not None
+    assert run_dir is not None
     workers = _workers_of(p.pid)
     p.send_signal(signal.SIGINT)
     _, err = p.communicate(timeout=60)
     assert p.returncode == 130
     assert "interrupted" in err and "incomplete" in err
-    data = json.loads(run_json.read_text())
-    assert data["status"] == "incomplete"
-    assert sum(c["status"] == "ok" for c in data["cells"]) >= 2
+    rec = load_run(run_dir)
+    assert rec.status == "incomplete"
+    assert sum(c.ok for c in rec.cells) >= 2
     time.sleep(0.5)
     assert not [w for w in workers if w.is_running() and w.status() != psutil.STATUS_ZOMBIE]
 
@@ -247,8 +248,8 @@ def test_show_missing_run(cli, workdir):
 def test_cuda_variants_on_gpu(cli, workdir):
     summary = _run_json(cli, "-v", "eager,amp-fp16,onnxruntime", "-b", "2", "--device", "cuda")
     assert all(c["status"] == "ok" for c in summary["cells"])
-    data = RunStore().load(summary["run"]).data
-    assert any(c["timer"] == "cuda-events" for c in data["cells"])
+    run = RunStore().load(summary["run"])
+    assert any(c.timer == "cuda-events" for c in run.cells)
 
 
 @pytest.mark.slow

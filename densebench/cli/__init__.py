@@ -1,7 +1,9 @@
 """The command line: one module per command, joined here, with one error boundary.
 
 Core code raises typed errors (``densebench.errors``); here each becomes one line on
-stderr and a non-zero exit. ``DENSEBENCH_DEBUG=1`` re-raises them with the traceback.
+stderr and a non-zero exit. A config error that names its setting (``threads must be...``)
+is shown with the flag that sets it (``--threads must be...``). ``DENSEBENCH_DEBUG=1``
+re-raises them with the traceback.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ try:  # typer >= 0.2x carries its own copy of click
 except ImportError:  # older typer depends on click itself
     import click  # type: ignore[no-redef]
 
-from densebench.errors import DensebenchError
+from densebench.errors import ConfigError, DensebenchError
 
 # the profiler's C++ side (kineto) logs to stderr at import; keep the one-line contract
 os.environ.setdefault("KINETO_LOG_LEVEL", "5")
@@ -28,6 +30,21 @@ logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
 _NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
 # typer's own copy of click has no Abort of its own (typer.Abort); older click has both
 _ABORT = tuple({typer.Abort, getattr(click.exceptions, "Abort", typer.Abort)})
+
+
+# settings whose flag is not "--" + the setting with dashes
+_FLAGS = {"batch_sizes": "--batch-size", "variants": "--variant", "modes": "--mode",
+          "compile_modes": "--compile-mode"}
+
+
+def error_text(e: DensebenchError) -> str:
+    """The one line shown for ``e``: a named setting is shown as its flag."""
+    text = str(e)
+    setting = getattr(e, "setting", None) if isinstance(e, ConfigError) else None
+    if setting and text.startswith(setting):
+        flag = _FLAGS.get(setting, "--" + setting.replace("_", "-"))
+        text = flag + text[len(setting):]
+    return text
 
 
 class _Boundary(TyperGroup):
@@ -46,7 +63,7 @@ class _Boundary(TyperGroup):
         except DensebenchError as e:
             if debug:
                 raise
-            click.echo(f"densebench: error: {e}", err=True)
+            click.echo(f"densebench: error: {error_text(e)}", err=True)
             sys.exit(e.exit_code)
         except _NO_ARGS_IS_HELP as e:
             click.echo(e.ctx.get_help() if e.ctx else str(e), err=True)

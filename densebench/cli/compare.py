@@ -39,7 +39,7 @@ def compare(
         raise ConfigError(f"unknown format {format!r}: choose from {', '.join(FORMATS)}")
     store = RunStore()
     records = [store.load(r) for r in runs]
-    comp = compare_runs([r.data for r in records], metric=metric, threshold=threshold)
+    comp = compare_runs(records, metric=metric, threshold=threshold)
     table_rows = rows(comp)
     if format == "json":
         print_json(comp.to_dict() | {"rows": table_rows})

@@ -36,21 +36,22 @@ def eval_cmd(
     """
     from rich.table import Table
 
-    from densebench.accuracy import EvalConfig, run_eval
+    from densebench.cli.progress import Progress
     from densebench.cli.run import _csv
+    from densebench.eval import EvalConfig, run_eval
 
     cfg = EvalConfig(variants=_csv(variant) or ["eager"], data=data, model=model,
                      weights=weights, num_classes=num_classes, image_size=image_size,
                      batch_size=batch_size, limit=limit, device=device, threads=threads,
                      strict=strict, download=download, split=split, name=name)
-    with _progress(enabled=err.is_terminal and not json_out) as progress:
+    with Progress("eval") as progress:
         rec = run_eval(cfg, progress=progress)
     d = rec.data
     if json_out:
         print_json({"run": rec.id, "path": str(rec.path), "data": d["data"],
                     "model": d["model"], "skipped": d["skipped"],
-                    "cells": [{k: c.get(k) for k in ("variant", "status", "error", "accuracy",
-                                                      "parity")} for c in d["cells"]]})
+                    "cells": [{"variant": c.variant, "status": c.status, "error": c.error,
+                               "accuracy": c.accuracy, "parity": c.parity} for c in rec.cells]})
         return
     info = d["data"]
     t = Table(title=f"{d['model']['name']} on {info['source']}: {info['images']} images, "
@@ -59,10 +60,10 @@ def eval_cmd(
     for col in ("variant", "top-1 [95% CI]", "top-5 [95% CI]", "top-1 agree vs fp32",
                 "max|err|", "min cos", "status"):
         t.add_column(col, no_wrap=True)
-    for c in d["cells"]:
-        acc, par = c.get("accuracy"), c.get("parity") or {}
-        if c["status"] != "ok":
-            t.add_row(c["variant"], "", "", "", "", "", f"[red]failed: {c['error']}[/red]")
+    for c in rec.cells:
+        acc, par = c.accuracy, c.parity or {}
+        if not c.ok:
+            t.add_row(c.variant, "", "", "", "", "", f"[red]failed: {c.error}[/red]")
             continue
         if acc is None:
             a1 = a5 = "- (no labels)"
@@ -71,7 +72,7 @@ def eval_cmd(
         else:
             a1 = f"{_pct(acc['top1'])} [{_pct(acc['top1_ci'][0])}-{_pct(acc['top1_ci'][1])}]"
             a5 = f"{_pct(acc['top5'])} [{_pct(acc['top5_ci'][0])}-{_pct(acc['top5_ci'][1])}]"
-        t.add_row(c["variant"], a1, a5, _pct(par.get("top1_agreement")),
+        t.add_row(c.variant, a1, a5, _pct(par.get("top1_agreement")),
                   f"{par.get('max_abs_error', 0):.2g}",
                   f"{par.get('cosine_similarity_min', 0):.5f}", "ok")
     out.print(t)
@@ -87,38 +88,6 @@ def eval_cmd(
     for s in d.get("skipped", []):
         out.print(f"[dim]skipped {s['variant']}: {s['reason']}[/dim]")
     out.print(f"stored in {rec.path}")
-
-
-class _progress:
-    """A progress bar over batches, fed by the core's events."""
-
-    def __init__(self, enabled: bool):
-        self.enabled = enabled
-        self.p = None
-
-    def __enter__(self):
-        if self.enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
-            self.p = Progress(TextColumn("{task.description}"), BarColumn(),
-                              MofNCompleteColumn(), console=err, transient=True)
-            self.p.__enter__()
-            self.task = self.p.add_task("reading images", total=None)
-        return self
-
-    def __exit__(self, *exc):
-        if self.p is not None:
-            self.p.__exit__(*exc)
-
-    def __call__(self, ev: dict) -> None:
-        if self.p is None:
-            return
-        if ev["event"] == "start":
-            self.p.update(self.task, total=ev["batches"], completed=0, description="eval")
-        elif ev["event"] == "phase":
-            self.p.update(self.task, description=f"{ev['variant']}: {ev['phase']}")
-        elif ev["event"] == "batch" and ev["variant"] != "reference":
-            self.p.advance(self.task)
 
 
 def register(app: typer.Typer) -> None:

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from densebench.cli.common import err, out, print_json
+from densebench.cli.common import out, print_json
 
 
 def profile(
@@ -31,17 +31,14 @@ def profile(
     """
     from rich.table import Table
 
-    from densebench.profiling import ProfileConfig, run_profile
+    from densebench.cli.progress import Progress
+    from densebench.profile import ProfileConfig, run_profile
 
     cfg = ProfileConfig(variant=variant, batch_size=batch_size, model=model, weights=weights,
                         num_classes=num_classes, image_size=image_size, device=device,
                         threads=threads, iters=iters, warmup=warmup, top=top, name=name)
-    if err.is_terminal and not json_out:
-        with err.status(f"profiling {variant}") as st:
-            rec, res = run_profile(cfg, progress=lambda ev: st.update(
-                f"profiling {variant}: {ev.get('phase', '')}"))
-    else:
-        rec, res = run_profile(cfg)
+    with Progress(f"profile {variant}") as progress:
+        rec, res = run_profile(cfg, progress=progress)
     if json_out:
         print_json({"run": rec.id, "path": str(rec.path / res["path"]), **res})
         return

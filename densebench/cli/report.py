@@ -21,8 +21,8 @@ def report(
     from densebench.results.store import RunStore
 
     store = RunStore()
-    data = [store.load(r).data for r in runs]
-    if not any(c["status"] == "ok" for d in data for c in d["cells"]):
+    data = [store.load(r) for r in runs]
+    if not any(c.ok and c.stats for d in data for c in d.cells):
         raise StoreError("the runs hold no finished cell: nothing to plot")
     try:
         files = write_report(data, out_dir)

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import time
 from typing import Annotated
 
 import typer
 
-from densebench.cli.common import err, out, print_json
+from densebench.cli.common import out, print_json
 from densebench.errors import ConfigError
 
 
@@ -23,65 +22,6 @@ def _ints(values: list[str] | None, option: str) -> list[int]:
         return [int(v) for v in _csv(values)]
     except ValueError:
         raise ConfigError(f"{option} takes integers, as in {option} 1,16,64") from None
-
-
-class LiveProgress:
-    """Rich progress on stderr from the core's events: variant, phase, iterations, time left."""
-
-    def __init__(self, cfg, enabled: bool):
-        self.cfg = cfg
-        self.enabled = enabled
-        self.progress = None
-        self.task = None
-        self.cell_start = time.monotonic()
-
-    def __enter__(self):
-        if self.enabled:
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                SpinnerColumn,
-                TextColumn,
-                TimeElapsedColumn,
-            )
-
-            self.progress = Progress(
-                SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
-                MofNCompleteColumn(), TextColumn("cells"), TimeElapsedColumn(),
-                TextColumn("{task.fields[detail]}"), console=err, transient=True,
-            )
-            self.progress.__enter__()
-            self.task = self.progress.add_task("starting", total=None, detail="")
-        return self
-
-    def __exit__(self, *exc):
-        if self.progress is not None:
-            self.progress.__exit__(*exc)
-
-    def __call__(self, ev: dict) -> None:
-        if self.progress is None:
-            return
-        kind = ev["event"]
-        p, t = self.progress, self.task
-        if kind == "start":
-            p.update(t, total=ev["cells"], description=f"run {ev['run']}")
-        elif kind == "phase":
-            where = (f" bs={ev['batch_size']} {ev['mode']}" if "batch_size" in ev else "")
-            p.update(t, description=f"{ev['variant']}: {ev['phase']}{where}", detail="")
-            self.cell_start = time.monotonic()
-        elif kind == "progress":
-            n, el = ev["iters"], ev["elapsed"]
-            rule = self.cfg
-            if rule.iters:
-                left = (rule.iters - n) * el / max(n, 1)
-            else:
-                left = max(rule.min_time - el, (rule.min_iters - n) * el / max(n, 1), 0.0)
-                if rule.max_time:
-                    left = min(left, max(rule.max_time - el, 0.0))
-            p.update(t, detail=f"{n} iters, ~{left:.0f}s left")
-        elif kind == "cell":
-            p.advance(t)
 
 
 def run(
@@ -101,7 +41,9 @@ def run(
     iters: Annotated[int | None, typer.Option(help="Exactly N timed iterations (overrides the stop rule).")] = None,
     max_time: Annotated[float | None, typer.Option(help="Cap on one cell's timed seconds.")] = None,
     timeout: Annotated[float, typer.Option(help="Seconds before a variant's worker is killed and recorded as failed.")] = 1800.0,
-    isolate: Annotated[bool, typer.Option("--isolate/--no-isolate", help="Each variant in its own subprocess (default).")] = True,
+    scenario: Annotated[str, typer.Option(help="How the variant is driven: closed-loop (fixed batches back to back). See `densebench variants`.")] = "closed-loop",
+    isolate: Annotated[bool, typer.Option("--isolate/--no-isolate", help="Each variant in its own subprocess (default), or all in this process.")] = True,
+    executor: Annotated[str | None, typer.Option(help="Where each variant runs: subprocess | inline (overrides --isolate).")] = None,
     name: Annotated[str | None, typer.Option(help="A name for the run (usable with show/compare).")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
 ) -> None:
@@ -109,8 +51,9 @@ def run(
 
     Example: densebench run --variant eager --variant onnxruntime-int8 --batch-size 1,16
     """
+    from densebench.cli.progress import Progress
     from densebench.report.tables import summary_rows, summary_table
-    from densebench.runner import RunConfig, run_benchmark
+    from densebench.run import RunConfig, run_benchmark
 
     cfg = RunConfig(
         model=model, weights=weights, num_classes=num_classes, image_size=image_size,
@@ -118,16 +61,17 @@ def run(
         batch_sizes=_ints(batch_size, "--batch-size") or [1],
         modes=_csv(mode) or ["model", "e2e"], device=device, threads=threads, warmup=warmup,
         min_iters=min_iters, min_time=min_time, iters=iters, max_time=max_time,
-        timeout=timeout, isolate=isolate, name=name,
+        timeout=timeout, scenario=scenario, name=name,
+        executor=executor or ("subprocess" if isolate else "inline"),
     )
-    with LiveProgress(cfg, enabled=err.is_terminal) as live:
-        rec = run_benchmark(cfg, progress=live)
+    with Progress("run", stop=cfg.stop_rule()) as progress:
+        rec = run_benchmark(cfg, progress=progress)
     if json_out:
         print_json({"run": rec.id, "path": str(rec.path), "status": rec.data["status"],
                     "device": rec.data["device"], "model": rec.data["model"],
-                    "skipped": rec.data["skipped"], "cells": summary_rows(rec.data)})
+                    "skipped": rec.data["skipped"], "cells": summary_rows(rec)})
         return
-    out.print(summary_table(rec.data))
+    out.print(summary_table(rec))
     out.print(f"stored in {rec.path}")
 
 

@@ -38,7 +38,10 @@ def show(
     rec = RunStore().load(run)
     if json_out:
         print_json({"run": rec.id, "path": str(rec.path), "status": rec.data["status"],
-                    "cells": summary_rows(rec.data), "profiles": rec.data.get("profiles", [])})
+                    "schema_version": rec.data.get("schema_version"),
+                    "migrated_from": rec.data.get("migrated_from"),
+                    "cells": summary_rows(rec), "profiles": rec.data.get("profiles", []),
+                    "warnings": rec.load_warnings})
         return
     env = rec.data.get("environment", {})
     libs = env.get("libraries", {})
@@ -48,26 +51,37 @@ def show(
               + (", ".join(g["name"] for g in env.get("gpus", [])) or "no GPU") + " | "
               f"torch {libs.get('torch')}, onnxruntime {libs.get('onnxruntime')} | "
               f"git {env.get('git_commit')}")
-    out.print(summary_table(rec.data))
+    out.print(summary_table(rec))
     for p in rec.data.get("profiles", []):
         out.print(f"profile: {p.get('variant')} batch {p.get('batch_size')}: {p.get('path')}")
 
 
-def variants(device: Annotated[str, typer.Option(help="Check support on this device.")] = "auto"
-             ) -> None:
-    """List the variants and whether this machine can run each."""
+def variants(
+    device: Annotated[str, typer.Option(help="Check support on this device.")] = "auto",
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List the registered variants, their backends, and whether this machine can run each."""
     from rich.table import Table
 
     from densebench.devices import resolve_device
-    from densebench.variants import VARIANTS
+    from densebench.variants import variants as registered
 
     dev = resolve_device(device)
-    t = Table(title=f"variants on {dev}")
-    for col in ("variant", "precision", "what", "runs here"):
-        t.add_column(col, no_wrap=col == "variant")
-    for v in VARIANTS.values():
+    rows = []
+    for v in registered().values():
         why = v.unsupported_reason(dev)
-        t.add_row(v.name, v.precision, v.description, "yes" if why is None else f"no: {why}")
+        rows.append({"variant": v.name, "backend": v.backend, "precision": v.precision,
+                     "description": v.description, "modes": list(v.modes),
+                     "supported": why is None, "why_not": why})
+    if json_out:
+        print_json(rows)
+        return
+    t = Table(title=f"variants on {dev}")
+    for col in ("variant", "backend", "precision", "what", "runs here"):
+        t.add_column(col, no_wrap=col in ("variant", "backend"))
+    for r in rows:
+        t.add_row(r["variant"], r["backend"], r["precision"], r["description"],
+                  "yes" if r["supported"] else f"no: {r['why_not']}")
     out.print(t)
 
 

@@ -1,4 +1,5 @@
-"""`densebench report`: PNG plots and an index.html for one or more stored runs."""
+"""`densebench report`: PNG plots and an index.html for one or more stored runs
+(``RunRecord``s, any schema version)."""
 
 from __future__ import annotations
 
@@ -27,32 +28,33 @@ def _save(plt, fig, path: Path) -> None:
     plt.close(fig)
 
 
-def _ok(data: dict, mode: str) -> list[dict]:
-    return [c for c in data["cells"] if c["status"] == "ok" and c["mode"] == mode]
+def _ok(run, mode: str) -> list:
+    """Finished closed-loop or eval cells of ``mode`` that have statistics."""
+    return [c for c in run.cells if c.ok and c.mode == mode and c.stats]
 
 
-def _label(data: dict, variant: str, many: bool) -> str:
-    return f"{variant} ({data.get('name') or data['id']})" if many else variant
+def _label(run, variant: str, many: bool) -> str:
+    return f"{variant} ({run.name or run.id})" if many else variant
 
 
-def _mode(runs: list[dict]) -> str:
-    modes = {c["mode"] for d in runs for c in d["cells"] if c["status"] == "ok"}
+def _mode(runs: list) -> str:
+    modes = {c.mode for d in runs for c in d.cells if c.ok}
     return "model" if "model" in modes else (sorted(modes) or ["model"])[0]
 
 
-def plot_throughput(runs: list[dict], path: Path, mode: str) -> None:
+def plot_throughput(runs: list, path: Path, mode: str) -> None:
     plt = _plt()
     many = len(runs) > 1
-    batches = sorted({c["batch_size"] for d in runs for c in _ok(d, mode)})
+    batches = sorted({c.batch_size for d in runs for c in _ok(d, mode)})
     per_batch = {}
     for bs in batches:
         items = []
         for d in runs:
             for c in _ok(d, mode):
-                if c["batch_size"] == bs:
-                    st = c["stats"]
+                if c.batch_size == bs:
+                    st = c.stats
                     ci = st.get("throughput_ci") or (st["throughput"], st["throughput"])
-                    items.append((_label(d, c["variant"], many), st["throughput"], ci))
+                    items.append((_label(d, c.variant, many), st["throughput"], ci))
         per_batch[bs] = items
     height = sum(1.1 + 0.32 * len(v) for v in per_batch.values())
     fig, axes = plt.subplots(len(batches), 1, figsize=(9, max(height, 2.5)), squeeze=False,
@@ -73,15 +75,15 @@ def plot_throughput(runs: list[dict], path: Path, mode: str) -> None:
     _save(plt, fig, path)
 
 
-def plot_latency_distributions(runs: list[dict], path: Path, mode: str) -> None:
+def plot_latency_distributions(runs: list, path: Path, mode: str) -> None:
     plt = _plt()
     many = len(runs) > 1
-    batches = sorted({c["batch_size"] for d in runs for c in _ok(d, mode)})
+    batches = sorted({c.batch_size for d in runs for c in _ok(d, mode)})
     fig, axes = plt.subplots(1, len(batches), figsize=(4.5 * len(batches) + 1, 4.8),
                              squeeze=False)
     for ax, bs in zip(axes[0], batches, strict=True):
-        items = [(_label(d, c["variant"], many), np.asarray(c["samples_ms"]))
-                 for d in runs for c in _ok(d, mode) if c["batch_size"] == bs]
+        items = [(_label(d, c.variant, many), np.asarray(c.samples_ms))
+                 for d in runs for c in _ok(d, mode) if c.batch_size == bs]
         items.sort(key=lambda t: float(np.median(t[1])))
         ax.boxplot([t[1] for t in items], orientation="horizontal", showfliers=True,
                    flierprops={"markersize": 2, "alpha": 0.4})
@@ -92,21 +94,21 @@ def plot_latency_distributions(runs: list[dict], path: Path, mode: str) -> None:
     _save(plt, fig, path)
 
 
-def plot_batch_scaling(runs: list[dict], path: Path, mode: str) -> None:
+def plot_batch_scaling(runs: list, path: Path, mode: str) -> None:
     plt = _plt()
     many = len(runs) > 1
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.6))
     for d in runs:
-        variants = sorted({c["variant"] for c in _ok(d, mode)})
+        variants = sorted({c.variant for c in _ok(d, mode)})
         for v in variants:
-            cells = sorted((c for c in _ok(d, mode) if c["variant"] == v),
-                           key=lambda c: c["batch_size"])
-            bs = [c["batch_size"] for c in cells]
-            a1.plot(bs, [c["stats"]["p50_ms"] for c in cells], marker="o",
+            cells = sorted((c for c in _ok(d, mode) if c.variant == v),
+                           key=lambda c: c.batch_size)
+            bs = [c.batch_size for c in cells]
+            a1.plot(bs, [c.stats["p50_ms"] for c in cells], marker="o",
                     label=_label(d, v, many))
-            a2.plot(bs, [c["stats"]["throughput"] for c in cells], marker="o",
+            a2.plot(bs, [c.stats["throughput"] for c in cells], marker="o",
                     label=_label(d, v, many))
-    batches = sorted({c["batch_size"] for d in runs for c in _ok(d, mode)})
+    batches = sorted({c.batch_size for d in runs for c in _ok(d, mode)})
     for ax, ylabel in ((a1, "p50 latency per batch, ms"), (a2, "images / s")):
         ax.set_xscale("log", base=2)
         ax.set_xticks(batches, [str(b) for b in batches])
@@ -120,34 +122,34 @@ def plot_batch_scaling(runs: list[dict], path: Path, mode: str) -> None:
     _save(plt, fig, path)
 
 
-def plot_parity(runs: list[dict], path: Path, mode: str) -> None:
+def plot_parity(runs: list, path: Path, mode: str) -> None:
     """Accuracy against throughput where an eval measured it, else parity error."""
     plt = _plt()
     many = len(runs) > 1
     fig, ax = plt.subplots(figsize=(10, 5))
-    with_acc = any((c.get("accuracy") or {}).get("top1") is not None
-                   for d in runs for c in d["cells"])
+    with_acc = any((c.accuracy or {}).get("top1") is not None
+                   for d in runs for c in d.cells)
     best = {}
     for d in runs:
         for c in _ok(d, mode):
-            key = (id(d), c["variant"])
-            if key not in best or c["stats"]["throughput"] > best[key][2]["stats"]["throughput"]:
-                best[key] = (d, c["variant"], c)
+            key = (id(d), c.variant)
+            if key not in best or c.stats["throughput"] > best[key][2].stats["throughput"]:
+                best[key] = (d, c.variant, c)
     markers = "osD^v<>Pp*hX"
     plotted = 0
     for i, (d, v, c) in enumerate(sorted(best.values(),
-                                         key=lambda t: -t[2]["stats"]["throughput"])):
+                                         key=lambda t: -t[2].stats["throughput"])):
         if with_acc:
-            y = (c.get("accuracy") or {}).get("top1")
+            y = (c.accuracy or {}).get("top1")
         else:
-            err = (c.get("parity") or {}).get("max_abs_error")
+            err = (c.parity or {}).get("max_abs_error")
             if err is None or (err == 0 and v == "eager"):
                 continue  # eager fp32 is the reference itself
             y = max(err, 1e-9)
         if y is None:
             continue
-        ax.scatter([c["stats"]["throughput"]], [y], s=55, marker=markers[i % len(markers)],
-                   label=f"{_label(d, v, many)} (batch {c['batch_size']})")
+        ax.scatter([c.stats["throughput"]], [y], s=55, marker=markers[i % len(markers)],
+                   label=f"{_label(d, v, many)} (batch {c.batch_size})")
         plotted += 1
     if plotted:
         ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
@@ -174,7 +176,7 @@ PLOTS = {
 }
 
 
-def write_report(runs: list[dict], out_dir: Path) -> list[Path]:
+def write_report(runs: list, out_dir: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     mode = _mode(runs)
     written = []
@@ -187,7 +189,7 @@ def write_report(runs: list[dict], out_dir: Path) -> list[Path]:
     return written
 
 
-def _html(runs: list[dict], mode: str) -> str:
+def _html(runs: list, mode: str) -> str:
     e = html.escape
     parts = ["<!doctype html><html><head><meta charset='utf-8'><title>densebench report"
              "</title><style>body{font-family:sans-serif;max-width:1200px;margin:2em auto;"
@@ -196,14 +198,14 @@ def _html(runs: list[dict], mode: str) -> str:
              "td:first-child{text-align:left}.warn{color:#a60}img{max-width:100%}</style>"
              "</head><body><h1>densebench report</h1>"]
     for d in runs:
-        m = d.get("model", {})
-        env = d.get("environment", {})
+        m = d.data.get("model", {})
+        env = d.data.get("environment", {})
         parts.append(
-            f"<h2>run {e(d['id'])}{' (' + e(d['name']) + ')' if d.get('name') else ''}</h2>"
+            f"<h2>run {e(d.id)}{' (' + e(d.name) + ')' if d.name else ''}</h2>"
             f"<p>{e(str(m.get('name')))} at {e(str(m.get('image_size')))} px on "
-            f"{e(str(d.get('device')))}, {e(str(d.get('threads')))} threads; "
+            f"{e(str(d.data.get('device')))}, {e(str(d.data.get('threads')))} threads; "
             f"{e(str(env.get('cpu', {}).get('model')))}; torch "
-            f"{e(str(env.get('libraries', {}).get('torch')))}; status {e(d.get('status', ''))}"
+            f"{e(str(env.get('libraries', {}).get('torch')))}; status {e(d.status)}"
             "</p>")
         if m.get("random_weights"):
             parts.append(f"<p class='warn'>Weights: {e(str(m.get('weights_description')))}: "

@@ -1,4 +1,4 @@
-"""Rich renderings of stored runs: the summary (from run.json alone) and the runs list."""
+"""Rich renderings of stored runs (``RunRecord``): the summary and the runs list."""
 
 from __future__ import annotations
 
@@ -9,20 +9,24 @@ from rich.text import Text
 from densebench.measure.stats import min_samples
 
 
-def summary_rows(data: dict) -> list[dict]:
-    """One row per cell (by mode, batch size, then fastest first), with the speedup over eager."""
-    eager = {(c["batch_size"], c["mode"]): c["stats"]["throughput"]
-             for c in data["cells"]
-             if c["variant"] == "eager" and c["status"] == "ok" and c.get("stats")}
+def summary_rows(run) -> list[dict]:
+    """One row per cell (by scenario, mode, batch size, then fastest first), with the
+    speedup over eager in the same scenario, mode, batch size and host."""
+    def group(c):
+        return (c.scenario, c.batch_size, c.mode, c.hostname)
+
+    eager = {group(c): c.stats["throughput"] for c in run.cells
+             if c.variant == "eager" and c.ok and c.stats}
     rows = []
-    for c in data["cells"]:
-        st = c.get("stats") or {}
-        par = c.get("parity") or {}
-        base = eager.get((c["batch_size"], c["mode"]))
+    for c in run.cells:
+        st = c.stats or {}
+        par = c.parity or {}
+        base = eager.get(group(c))
         rows.append({
-            "variant": c["variant"], "batch_size": c["batch_size"], "mode": c["mode"],
-            "device": c["device"], "status": c["status"], "error": c.get("error"),
-            "precision": c.get("precision"), "n": st.get("n"),
+            "variant": c.variant, "batch_size": c.batch_size, "mode": c.mode,
+            "device": c.device, "scenario": c.scenario, "host": c.hostname,
+            "status": c.status, "error": c.error,
+            "precision": c.precision, "n": st.get("n"),
             "p50_ms": st.get("p50_ms"), "p50_ci_ms": st.get("p50_ci_ms"),
             "p90_ms": st.get("p90_ms"), "p99_ms": st.get("p99_ms"),
             "mean_ms": st.get("mean_ms"), "cov": st.get("cov"), "noisy": st.get("noisy"),
@@ -32,11 +36,11 @@ def summary_rows(data: dict) -> list[dict]:
             "parity_max_abs_error": par.get("max_abs_error"),
             "parity_top1_agreement": par.get("top1_agreement"),
             "parity_cosine_min": par.get("cosine_similarity_min"),
-            "accuracy": c.get("accuracy"),
+            "accuracy": c.accuracy,
         })
     order = {"model": 0, "e2e": 1}
-    rows.sort(key=lambda r: (order.get(r["mode"], 9), r["batch_size"], r["status"] != "ok",
-                             -(r["throughput"] or 0)))
+    rows.sort(key=lambda r: (r["scenario"], order.get(r["mode"], 9), r["batch_size"],
+                             r["status"] != "ok", -(r["throughput"] or 0)))
     return rows
 
 
@@ -52,12 +56,15 @@ def _half_width(ci, value) -> str:
     return f"{(ci[1] - ci[0]) / 2 / value:.1%}"
 
 
-def summary_table(data: dict) -> Group:
+def summary_table(run) -> Group:
+    data = run.data
     m = data.get("model", {})
     title = (f"{m.get('name')} {m.get('image_size')}px on {data.get('device')} "
              f"({data.get('threads')} threads) - run {data['id']}"
              + (f" '{data['name']}'" if data.get("name") else "")
              + ("" if data.get("status") == "complete" else f" [{data.get('status')}]"))
+    scenarios = {c.scenario for c in run.cells}
+    hosts = {c.hostname for c in run.cells}
     t = Table(title=title, title_justify="left")
     cols = [("variant", "left"), ("batch", "right"), ("mode", "left"), ("p50 ms", "right"),
             ("±95%", "right"), ("p90", "right"), ("p99", "right"), ("img/s", "right"),
@@ -66,23 +73,30 @@ def summary_table(data: dict) -> Group:
     for name, just in cols:
         t.add_column(name, justify=just, no_wrap=True)
     notes: list[Text] = []
-    for r in summary_rows(data):
+    for r in summary_rows(run):
+        name = r["variant"]
+        if len(scenarios) > 1:
+            name += f" [{r['scenario']}]"
+        if len(hosts) > 1:
+            name += f" @{r['host']}"
         if r["status"] != "ok":
-            t.add_row(r["variant"], str(r["batch_size"]), r["mode"],
+            t.add_row(name, str(r["batch_size"]), r["mode"],
                       Text("failed", style="red"), *[""] * 10)
             notes.append(Text(f"{r['variant']} batch {r['batch_size']} {r['mode']}: "
                               f"{r['error']}", style="red"))
             continue
         sp = r["speedup_vs_eager"]
         t.add_row(
-            r["variant"], str(r["batch_size"]), r["mode"], _ms(r["p50_ms"]),
+            name, str(r["batch_size"]), r["mode"], _ms(r["p50_ms"]),
             _half_width(r["p50_ci_ms"], r["p50_ms"]), _ms(r["p90_ms"]), _ms(r["p99_ms"]),
-            f"{r['throughput']:.1f}", _half_width(r["throughput_ci"], r["throughput"]),
+            f"{r['throughput']:.1f}" if r["throughput"] is not None else "-",
+            _half_width(r["throughput_ci"], r["throughput"]),
             f"{sp:.2f}x" if sp else "-",
             f"{r['parity_max_abs_error']:.2g}" if r["parity_max_abs_error"] is not None else "-",
             f"{r['parity_top1_agreement']:.0%}" if r["parity_top1_agreement"] is not None
             else "-",
-            Text(f"{r['cov']:.1%}", style="yellow" if r["noisy"] else ""), str(r["n"]),
+            Text(f"{r['cov']:.1%}", style="yellow" if r["noisy"] else "")
+            if r["cov"] is not None else "-", str(r["n"] or "-"),
         )
     foot = [Text("±95%: half-width of the bootstrap 95% interval, relative to the value. "
                  f"p90/p99 'n/s': not supported by the sample (p90 needs {min_samples(90)} "
@@ -93,6 +107,11 @@ def summary_table(data: dict) -> Group:
                          "accuracy would not be.", style="yellow"))
     for s in data.get("skipped", []):
         foot.append(Text(f"skipped {s['variant']}: {s['reason']}", style="dim"))
+    for w in run.load_warnings:
+        foot.append(Text(f"warning: {w}", style="yellow"))
+    if data.get("migrated_from"):
+        foot.append(Text(f"read from a schema-version-{data['migrated_from']} run file "
+                         "(migrated in memory; the files are unchanged)", style="dim"))
     return Group(t, *notes, *foot)
 
 
@@ -102,9 +121,9 @@ def runs_table(records) -> Table:
         t.add_column(col, no_wrap=col in ("id", "created"))
     for r in records:
         d = r.data
-        ok = sum(c["status"] == "ok" for c in d["cells"])
+        ok = sum(c.ok for c in r.cells)
         t.add_row(d["id"], d.get("name") or "", d.get("kind", ""),
                   (d.get("created") or "")[:19].replace("T", " "),
                   (d.get("model") or {}).get("name", ""), d.get("device", ""),
-                  f"{ok}/{len(d['cells'])}", d.get("status", ""))
+                  f"{ok}/{len(r.cells)}", d.get("status", ""))
     return t

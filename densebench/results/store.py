@@ -1,17 +1,22 @@
 """Run directories: ``runs/<run-id>/`` (``$DENSEBENCH_RUNS`` overrides the root).
 
-- ``run.json``: schema version, config, environment, model, and per variant x batch size x
-  mode the statistics, raw samples, parity, cold start, memory and errors;
-- ``results.csv``: one row per variant x batch size x mode (the original script's columns
-  first);
-- ``tb/``: TensorBoard scalars; ``logs/``: each isolated variant's output.
+- ``run.json``: schema version, config, environment, host, model, variants and status;
+- ``cells.jsonl``: one ``Cell`` per line (``results.schema``), appended as each finishes;
+- ``results.csv``: one row per cell (the original script's columns first), appended too;
+- ``tb/``: TensorBoard scalars, written when the run finishes; ``logs/``: workers' output.
 
-Run files are versioned: an unknown version is refused, never half-read. A new run never
+Adding a cell appends to two files and rewrites nothing, so a run of many cells stores in
+time linear in its cells, and a crash leaves every finished cell readable. ``run.json`` is
+small and rewritten atomically (temporary file, then rename) when its header changes.
+
+Run files are versioned (``results.schema``): older versions load through written
+migrations, an unknown newer version is refused, never half-read. A new run never
 overwrites an old one.
 """
 
 from __future__ import annotations
 
+import csv
 import datetime as _dt
 import json
 import os
@@ -19,16 +24,24 @@ import secrets
 from pathlib import Path
 
 from densebench.errors import ConfigError, StoreError
+from densebench.results.schema import SCHEMA, SCHEMA_VERSION, Cell, migrate
 
-SCHEMA = "densebench.run"
-SCHEMA_VERSION = 1
 RUN_FILE = "run.json"
+CELLS_FILE = "cells.jsonl"
+CSV_FILE = "results.csv"
 
 ORIGINAL_COLUMNS = [
     "model_variant", "batch_size", "device", "ram_usage_mb", "vram_usage_mb",
     "cpu_utilization_pct", "gpu_utilization_pct", "latency_ms", "throughput_samples_sec",
     "accuracy_top1", "accuracy_top5", "model_size_mb", "optimization_technique",
     "model_load_time_s",
+]
+CSV_COLUMNS = ORIGINAL_COLUMNS + [
+    "model", "mode", "scenario", "host", "status", "error", "precision", "n", "mean_ms",
+    "stdev_ms", "cov", "min_ms", "p50_ms", "p90_ms", "p95_ms", "p99_ms", "max_ms",
+    "p50_ci_low_ms", "p50_ci_high_ms", "throughput_ci_low", "throughput_ci_high", "noisy",
+    "parity_max_abs_error", "parity_cosine_min", "parity_top1_agreement",
+    "first_iteration_s", "threads",
 ]
 
 
@@ -41,38 +54,65 @@ def _now() -> str:
 
 
 class RunRecord:
-    """One run directory and its ``run.json`` content (``data``)."""
+    """One run directory: its header (``data``, the content of run.json) and its cells."""
 
-    def __init__(self, path: Path, data: dict):
+    def __init__(self, path: Path, data: dict, cells: list[Cell] | None = None):
         self.path = Path(path)
         self.data = data
+        self.cells: list[Cell] = cells if cells is not None else []
+        self.load_warnings: list[str] = []
+        self.bytes_written = 0  # everything this object wrote: linear in the cells
 
     @property
     def id(self) -> str:
         return self.data["id"]
 
     @property
-    def cells(self) -> list[dict]:
-        return self.data["cells"]
+    def name(self) -> str | None:
+        return self.data.get("name")
 
-    def add_cell(self, cell: dict) -> None:
-        self.data["cells"].append(cell)
+    @property
+    def status(self) -> str:
+        return self.data.get("status", "")
 
-    def save(self) -> None:
-        """Write run.json atomically (temporary file, then rename), and results.csv."""
-        tmp = self.path / f".{RUN_FILE}.{os.getpid()}.tmp"
+    def add_cell(self, cell: Cell) -> None:
+        """Keep ``cell`` and append it to cells.jsonl and results.csv (nothing rewritten)."""
+        self.cells.append(cell)
+        line = json.dumps(cell.to_dict(), default=_json_default) + "\n"
         try:
-            tmp.write_text(json.dumps(self.data, indent=1, default=_json_default))
-            os.replace(tmp, self.path / RUN_FILE)
-            write_csv(self)
+            with open(self.path / CELLS_FILE, "a") as f:
+                f.write(line)
+            with open(self.path / CSV_FILE, "a", newline="") as f:
+                start = f.tell()
+                csv.DictWriter(f, fieldnames=CSV_COLUMNS).writerow(csv_row(cell, self.data))
+                self.bytes_written += f.tell() - start
         except OSError as e:
             raise StoreError(f"cannot write run {self.path}: {e.strerror or e}") from e
+        self.bytes_written += len(line)
+
+    def save(self) -> None:
+        """Write run.json (the header) atomically: temporary file, then rename."""
+        tmp = self.path / f".{RUN_FILE}.{os.getpid()}.tmp"
+        text = json.dumps({**self.data, "cells_file": CELLS_FILE}, indent=1,
+                          default=_json_default)
+        try:
+            tmp.write_text(text)
+            os.replace(tmp, self.path / RUN_FILE)
+        except OSError as e:
+            raise StoreError(f"cannot write run {self.path}: {e.strerror or e}") from e
+        self.bytes_written += len(text)
 
     def finish(self, status: str) -> None:
         self.data["status"] = status
         self.data["finished"] = _now()
         self.save()
         write_tensorboard(self)
+
+    def frame(self):
+        """The cells as a pandas DataFrame, one row per cell (results.csv's columns)."""
+        import pandas as pd
+
+        return pd.DataFrame([csv_row(c, self.data) for c in self.cells], columns=CSV_COLUMNS)
 
 
 def _json_default(o):
@@ -92,7 +132,10 @@ class RunStore:
     def create(self, kind: str, name: str | None, config: dict, environment: dict,
                extra: dict | None = None) -> RunRecord:
         if name is not None and (not name or "/" in name or name.startswith(".")):
-            raise ConfigError(f"--name {name!r}: use letters, digits, '-' or '_'")
+            raise ConfigError(f"name {name!r}: use letters, digits, '-' or '_'",
+                              setting="name")
+        from densebench.environment import host_identity
+
         stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         run_id = f"{stamp}-{secrets.token_hex(2)}"
         path = self.root / run_id
@@ -109,10 +152,16 @@ class RunStore:
         data = {
             "schema": SCHEMA, "schema_version": SCHEMA_VERSION, "id": run_id, "name": name,
             "kind": kind, "created": _now(), "finished": None, "status": "running",
-            "config": config, "environment": environment, "cells": [], "skipped": [],
-            "variants": {}, "profiles": [], **(extra or {}),
+            "config": config, "environment": environment, "host": host_identity(),
+            "skipped": [], "variants": {}, "profiles": [], **(extra or {}),
         }
         rec = RunRecord(path, data)
+        try:
+            (path / CELLS_FILE).touch()
+            with open(path / CSV_FILE, "w", newline="") as f:
+                csv.DictWriter(f, fieldnames=CSV_COLUMNS).writeheader()
+        except OSError as e:
+            raise StoreError(f"cannot write run {path}: {e.strerror or e}") from e
         rec.save()
         return rec
 
@@ -165,6 +214,7 @@ class RunStore:
         return load_run(self.resolve(ref))
 
 
+
 def load_run(path: Path) -> RunRecord:
     f = Path(path) / RUN_FILE
     try:
@@ -175,75 +225,92 @@ def load_run(path: Path) -> RunRecord:
         raise StoreError(f"{f} is not valid JSON ({e}); the run file is damaged") from e
     if not isinstance(data, dict) or data.get("schema") != SCHEMA:
         raise StoreError(f"{f} is not a densebench run file")
-    if data.get("schema_version") != SCHEMA_VERSION:
+    version = data.get("schema_version")
+    if not isinstance(version, int) or not 1 <= version <= SCHEMA_VERSION:
         raise StoreError(
-            f"{f} has schema version {data.get('schema_version')!r}; this densebench reads "
-            f"version {SCHEMA_VERSION}: use the densebench that wrote it"
+            f"{f} has schema version {version!r}; this densebench reads versions 1 to "
+            f"{SCHEMA_VERSION}: use the densebench that wrote it"
         )
-    return RunRecord(Path(path), data)
+    warnings: list[str] = []
+    if version < SCHEMA_VERSION:
+        if not isinstance(data.get("cells"), list):
+            raise StoreError(f"{f} has no list of cells; the run file is damaged")
+        data = migrate(data)
+        raw = data.pop("cells")
+    else:
+        raw = []
+        cells_path = Path(path) / data.get("cells_file", CELLS_FILE)
+        try:
+            lines = cells_path.read_text().splitlines()
+        except FileNotFoundError:
+            lines = []
+            warnings.append(f"{cells_path.name} is missing: no cells")
+        except OSError as e:
+            raise StoreError(f"cannot read {cells_path}: {e.strerror or e}") from e
+        for i, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                raw.append(json.loads(line))
+            except ValueError:
+                warnings.append(f"{cells_path.name} line {i} is damaged (a crash while "
+                                "writing?); skipped")
+    try:
+        cells = [Cell.from_dict(c) for c in raw]
+    except TypeError as e:
+        raise StoreError(f"{f}: a cell lacks a required field ({e}); the run is damaged") \
+            from e
+    rec = RunRecord(Path(path), data, cells)
+    rec.load_warnings = warnings
+    return rec
 
 
-def csv_rows(data: dict) -> list[dict]:
-    rows = []
-    for c in data["cells"]:
-        st = c.get("stats") or {}
-        par = c.get("parity") or {}
-        mem = c.get("memory") or {}
-        acc = c.get("accuracy") or {}
-        rows.append({
-            "model_variant": c["variant"],
-            "batch_size": c["batch_size"],
-            "device": c["device"],
-            "ram_usage_mb": mem.get("peak_rss_mb"),
-            "vram_usage_mb": mem.get("cuda_peak_allocated_mb"),
-            "cpu_utilization_pct": c.get("cpu_utilization_pct"),
-            "gpu_utilization_pct": c.get("gpu_utilization_pct"),
-            "latency_ms": st.get("p50_ms"),
-            "throughput_samples_sec": st.get("throughput"),
-            "accuracy_top1": acc.get("top1"),
-            "accuracy_top5": acc.get("top5"),
-            "model_size_mb": c.get("model_size_mb"),
-            "optimization_technique": c.get("description"),
-            "model_load_time_s": (c.get("cold_start") or {}).get("load_s"),
-            "mode": c["mode"],
-            "status": c["status"],
-            "error": c.get("error"),
-            "precision": c.get("precision"),
-            "n": st.get("n"),
-            "mean_ms": st.get("mean_ms"),
-            "stdev_ms": st.get("stdev_ms"),
-            "cov": st.get("cov"),
-            "min_ms": st.get("min_ms"),
-            "p50_ms": st.get("p50_ms"),
-            "p90_ms": st.get("p90_ms"),
-            "p95_ms": st.get("p95_ms"),
-            "p99_ms": st.get("p99_ms"),
-            "max_ms": st.get("max_ms"),
-            "p50_ci_low_ms": (st.get("p50_ci_ms") or [None, None])[0],
-            "p50_ci_high_ms": (st.get("p50_ci_ms") or [None, None])[1],
-            "throughput_ci_low": (st.get("throughput_ci") or [None, None])[0],
-            "throughput_ci_high": (st.get("throughput_ci") or [None, None])[1],
-            "noisy": st.get("noisy"),
-            "parity_max_abs_error": par.get("max_abs_error"),
-            "parity_cosine_min": par.get("cosine_similarity_min"),
-            "parity_top1_agreement": par.get("top1_agreement"),
-            "first_iteration_s": c.get("first_iteration_s"),
-            "threads": c.get("threads"),
-        })
-    return rows
-
-
-def write_csv(rec: RunRecord) -> None:
-    import pandas as pd
-
-    rows = csv_rows(rec.data)
-    cols = list(rows[0]) if rows else ORIGINAL_COLUMNS
-    pd.DataFrame(rows, columns=cols).to_csv(rec.path / "results.csv", index=False)
+def csv_row(c: Cell, run: dict) -> dict:
+    st = c.stats or {}
+    par = c.parity or {}
+    acc = c.accuracy or {}
+    p50_ci = st.get("p50_ci_ms") or [None, None]
+    tp_ci = st.get("throughput_ci") or [None, None]
+    return {
+        "model_variant": c.variant,
+        "batch_size": c.batch_size,
+        "device": c.device,
+        "ram_usage_mb": c.memory.get("peak_rss_mb"),
+        "vram_usage_mb": c.memory.get("cuda_peak_allocated_mb"),
+        "cpu_utilization_pct": c.cpu_utilization_pct,
+        "gpu_utilization_pct": c.gpu_utilization_pct,
+        "latency_ms": st.get("p50_ms"),
+        "throughput_samples_sec": st.get("throughput"),
+        "accuracy_top1": acc.get("top1"),
+        "accuracy_top5": acc.get("top5"),
+        "model_size_mb": c.model_size_mb,
+        "optimization_technique": c.description,
+        "model_load_time_s": c.cold_start.get("load_s"),
+        "model": c.model,
+        "mode": c.mode,
+        "scenario": c.scenario,
+        "host": c.hostname,
+        "status": c.status,
+        "error": c.error,
+        "precision": c.precision,
+        **{k: st.get(k) for k in ("n", "mean_ms", "stdev_ms", "cov", "min_ms", "p50_ms",
+                                  "p90_ms", "p95_ms", "p99_ms", "max_ms")},
+        "p50_ci_low_ms": p50_ci[0],
+        "p50_ci_high_ms": p50_ci[1],
+        "throughput_ci_low": tp_ci[0],
+        "throughput_ci_high": tp_ci[1],
+        "noisy": st.get("noisy"),
+        "parity_max_abs_error": par.get("max_abs_error"),
+        "parity_cosine_min": par.get("cosine_similarity_min"),
+        "parity_top1_agreement": par.get("top1_agreement"),
+        "first_iteration_s": c.first_iteration_s,
+        "threads": c.threads,
+    }
 
 
 def write_tensorboard(rec: RunRecord) -> None:
     """Scalars per variant and mode, against batch size; latency histograms per cell."""
-    ok = [c for c in rec.cells if c["status"] == "ok" and c.get("stats")]
+    ok = [c for c in rec.cells if c.ok and c.stats]
     if not ok:
         return
     import warnings
@@ -262,12 +329,14 @@ def write_tensorboard(rec: RunRecord) -> None:
 
     with SummaryWriter(log_dir=str(rec.path / "tb")) as w:
         for c in ok:
-            st, tag = c["stats"], f"{c['variant']}/{c['mode']}"
-            w.add_scalar(f"throughput_img_s/{tag}", st["throughput"], c["batch_size"])
-            w.add_scalar(f"latency_p50_ms/{tag}", st["p50_ms"], c["batch_size"])
-            if c.get("parity"):
-                w.add_scalar(f"parity_max_abs_error/{tag}", c["parity"]["max_abs_error"],
-                             c["batch_size"])
-            if c.get("samples_ms"):
-                w.add_histogram(f"latency_ms/{tag}/batch{c['batch_size']}",
-                                np.asarray(c["samples_ms"]), c["batch_size"])
+            st, tag = c.stats, f"{c.variant}/{c.mode}"
+            if c.scenario not in ("closed-loop", "eval"):
+                tag += f"/{c.scenario}"
+            w.add_scalar(f"throughput_img_s/{tag}", st["throughput"], c.batch_size)
+            w.add_scalar(f"latency_p50_ms/{tag}", st["p50_ms"], c.batch_size)
+            if c.parity:
+                w.add_scalar(f"parity_max_abs_error/{tag}", c.parity["max_abs_error"],
+                             c.batch_size)
+            if c.samples_ms:
+                w.add_histogram(f"latency_ms/{tag}/batch{c.batch_size}",
+                                np.asarray(c.samples_ms), c.batch_size)

@@ -1,0 +1,96 @@
+"""A variant made ready to measure: model loaded, artifact found or built, session built,
+cold start timed. One function, used by `run` (every scenario), `profile` and `eval`."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from densebench.backends import Backend, Session, get_backend
+from densebench.variants import Variant
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """Which model, with which weights, at which input size (``None``: the model's own)."""
+
+    model: str = "densenet121"
+    weights: str = "random"
+    num_classes: int | None = None
+    image_size: int | None = None
+
+
+@dataclass
+class Prepared:
+    variant: Variant
+    backend: Backend
+    loaded: object  # models.LoadedModel
+    image_size: int
+    device: str
+    threads: int
+    session: Session
+    artifact: object | None  # artifacts.Artifact
+    cold_start: dict = field(default_factory=dict)  # export_s, artifact_cached, load_s
+    model_size_mb: float = 0.0
+
+    def reference(self, x_host: torch.Tensor) -> torch.Tensor:
+        """The fp32 eager logits for ``x_host``, on the CPU: what parity is measured against."""
+        with torch.inference_mode():
+            return self.loaded.module(x_host)
+
+    def info(self) -> dict:
+        """What a run records about the prepared variant."""
+        v = self.variant
+        return {"description": v.description, "precision": v.precision, "backend": v.backend,
+                "options": self.session.options, "cold_start": dict(self.cold_start),
+                "artifact": self.artifact.key if self.artifact is not None else None,
+                "model_size_mb": self.model_size_mb}
+
+
+def prepare_variant(variant: Variant, ref: ModelRef, device: str, threads: int, *,
+                    loaded=None, cache=None, profile_dir: Path | None = None,
+                    phase: Callable[[str], None] | None = None) -> Prepared:
+    """Load ``ref``'s model (unless ``loaded`` is given), export or find the variant's
+    artifact, build its session on ``device`` with ``threads`` intra-op threads.
+
+    ``phase(name)`` is told each step (``load model``, ``export``, ``load``).
+    ``profile_dir``: prepare for a profile (backends whose profiler must be enabled when
+    the session is built write there).
+    """
+    from densebench.artifacts import ArtifactCache, ExportSpec
+    from densebench.exporters import export_artifact
+    from densebench.models import check_image_size, load_model
+
+    say = phase or (lambda name: None)
+    backend = get_backend(variant.backend)
+    torch.set_num_threads(threads)
+    cold: dict = {}
+    if loaded is None:
+        say("load model")
+        loaded = load_model(ref.model, ref.weights, ref.num_classes)
+    image_size = ref.image_size or loaded.default_image_size
+    check_image_size(ref.model, image_size, ref.num_classes)
+    artifact = None
+    if variant.artifact:
+        say("export")
+        fmt, prec = variant.artifact
+        spec = ExportSpec(ref.model, fmt, prec, ref.weights, ref.num_classes,
+                          image_size=image_size, device=device)
+        t0 = time.perf_counter()
+        artifact, cached = export_artifact(spec, cache or ArtifactCache(), loaded=loaded)
+        cold["export_s"] = 0.0 if cached else round(time.perf_counter() - t0, 3)
+        cold["artifact_cached"] = cached
+    say("load")
+    t0 = time.perf_counter()
+    session = backend.prepare(variant, loaded, device, artifact=artifact, threads=threads,
+                              profile_dir=profile_dir)
+    cold["load_s"] = round(time.perf_counter() - t0, 4)
+    size_mb = (artifact.size_bytes / 1e6 if artifact is not None else
+               sum(p.numel() * p.element_size() for p in loaded.module.parameters()) / 1e6)
+    return Prepared(variant=variant, backend=backend, loaded=loaded, image_size=image_size,
+                    device=device, threads=threads, session=session, artifact=artifact,
+                    cold_start=cold, model_size_mb=size_mb)

@@ -1,0 +1,218 @@
+"""`densebench run` as a library: plan the cells, run each variant as a job on an executor
+(a worker process per variant by default), store each cell as it comes back.
+
+``run_benchmark(RunConfig(...))`` is the whole command without the printing. A variant's
+job is ``measure_variant(payload, emit)``: prepare the variant (``prepare.py``), then hand
+it to the run's scenario (``scenarios/``), which emits a cell event per planned cell.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+from densebench.errors import RunInterrupted, bad_setting, check_threads, one_line
+from densebench.measure.engine import MODES, StopRule, Warmup
+from densebench.prepare import ModelRef
+from densebench.results.schema import Cell
+
+Emit = Callable[[dict], None]
+MEASURE_VARIANT = "densebench.run:measure_variant"
+
+
+@dataclass
+class RunConfig:
+    model: str = "densenet121"
+    weights: str = "random"
+    num_classes: int | None = None
+    image_size: int | None = None
+    variants: list[str] = field(default_factory=lambda: ["eager"])
+    compile_modes: list[str] = field(default_factory=lambda: ["default"])
+    batch_sizes: list[int] = field(default_factory=lambda: [1])
+    modes: list[str] = field(default_factory=lambda: list(MODES))
+    device: str = "auto"
+    threads: int | None = None
+    scenario: str = "closed-loop"
+    warmup: str = "3"
+    min_iters: int = 10
+    min_time: float = 3.0
+    iters: int | None = None
+    max_time: float | None = None
+    timeout: float = 1800.0
+    executor: str = "subprocess"
+    name: str | None = None
+
+    def __post_init__(self):
+        from densebench.executors import get_executor
+        from densebench.scenarios import get_scenario
+
+        if not self.variants:
+            raise bad_setting("variants", "is empty: name at least one variant (or all)")
+        if not self.batch_sizes:
+            raise bad_setting("batch_sizes", "is empty: give at least one, e.g. 1,16")
+        for b in self.batch_sizes:
+            if not isinstance(b, int) or isinstance(b, bool) or b < 1:
+                raise bad_setting("batch_sizes", f"must be positive integers, got {b}")
+        for m in self.modes:
+            if m not in MODES:
+                raise bad_setting("modes", f"has unknown mode {m!r}: choose from "
+                                  f"{', '.join(MODES)}")
+        check_threads(self.threads)
+        if not self.timeout > 0:
+            raise bad_setting("timeout", f"must be positive, got {self.timeout}")
+        if self.image_size is not None and self.image_size < 1:
+            raise bad_setting("image_size", f"must be at least 1, got {self.image_size}")
+        if not math.isfinite(self.min_time):
+            raise bad_setting("min_time", f"must be a finite number, got {self.min_time}")
+        Warmup.parse(self.warmup)
+        self.stop_rule()
+        get_scenario(self.scenario)
+        get_executor(self.executor)
+
+    def stop_rule(self) -> StopRule:
+        return StopRule(self.min_iters, self.min_time, self.iters, self.max_time)
+
+    def model_ref(self) -> ModelRef:
+        return ModelRef(self.model, self.weights, self.num_classes, self.image_size)
+
+
+# ============================================================================ the job
+
+
+def measure_variant(payload: dict, emit: Emit) -> None:
+    """One variant's planned cells: prepare it, then let the scenario measure them."""
+    from densebench.environment import host_identity
+    from densebench.prepare import prepare_variant
+    from densebench.scenarios import get_scenario
+    from densebench.variants import get_variant
+
+    cfg = RunConfig(**payload["config"])
+    variant = get_variant(payload["variant"])
+    host = host_identity()  # where this job really runs (a remote node, say)
+    cells = [Cell.from_dict({**c, "host": host}) for c in payload["cells"]]
+    label = variant.label
+    try:
+        prepared = prepare_variant(
+            variant, cfg.model_ref(), payload["device"], payload["threads"],
+            phase=lambda name: emit({"event": "phase", "variant": label, "phase": name}))
+    except Exception as e:
+        for c in cells:
+            emit({"event": "cell", "cell": c.failed(one_line(e)).to_dict()})
+        return
+    emit({"event": "variant", "variant": label, "info": prepared.info()})
+    get_scenario(cfg.scenario).run(prepared, cells, payload["settings"], emit)
+
+
+def plan_cells(cfg: RunConfig, variant, device: str, threads: int, settings: dict,
+               host: dict) -> list[Cell]:
+    return [Cell(model=cfg.model, variant=variant.label, batch_size=bs, mode=mode,
+                 device=device, scenario=cfg.scenario, host=host, status="planned",
+                 precision=variant.precision, backend=variant.backend,
+                 description=variant.description, threads=threads,
+                 scenario_settings=settings)
+            for bs in cfg.batch_sizes for mode in cfg.modes]
+
+
+# ============================================================================ the run
+
+
+def run_benchmark(cfg: RunConfig, *, progress: Emit | None = None, store=None):
+    """Run every cell of ``cfg``; return the stored RunRecord (status complete/incomplete)."""
+    import torch
+
+    from densebench.devices import resolve_device
+    from densebench.environment import fingerprint, host_identity
+    from densebench.executors import Job, get_executor
+    from densebench.models import check_image_size, load_model, model_stats
+    from densebench.results.store import RunStore
+    from densebench.scenarios import get_scenario
+    from densebench.variants import expand
+
+    emit = progress or (lambda ev: None)
+    device = resolve_device(cfg.device)
+    variants, skipped = expand(cfg.variants, cfg.compile_modes, device)
+    threads = cfg.threads or torch.get_num_threads()
+    loaded = load_model(cfg.model, cfg.weights, cfg.num_classes)
+    image_size = cfg.image_size or loaded.default_image_size
+    check_image_size(cfg.model, image_size, cfg.num_classes)
+    torch.set_num_threads(threads)
+    env = fingerprint()
+    env["settings"]["threads_requested"] = cfg.threads
+    try:
+        stats = model_stats(cfg.model, image_size)
+        macs = {"params": stats.params, "gmacs_per_image": round(stats.gmacs, 4)}
+    except Exception:
+        macs = {}
+    store = store or RunStore()
+    rec = store.create("benchmark", cfg.name, asdict(cfg), env, extra={
+        "command": sys.argv,
+        "device": device,
+        "threads": threads,
+        "scenario": cfg.scenario,
+        "model": {
+            "name": cfg.model, "weights": loaded.weights.label, "weights_id": loaded.weights_id,
+            "random_weights": loaded.random_weights, "weights_description":
+            loaded.describe_weights(), "num_classes": loaded.num_classes,
+            "image_size": image_size, **macs,
+        },
+        "skipped": skipped,
+        "plan": [v.label for v in variants],
+        "timeline": {"first_timed_iteration_s": None},
+    })
+    emit({"event": "start", "run": rec.id, "path": str(rec.path), "variants": rec.data["plan"],
+          "cells": len(variants) * len(cfg.batch_sizes) * len(cfg.modes), "skipped": skipped})
+    config = asdict(cfg)
+    settings = get_scenario(cfg.scenario).settings(cfg)
+    host = host_identity()
+    started = _process_start()
+    executor = get_executor(cfg.executor, log_dir=rec.path / "logs")
+
+    def on_event(ev: dict) -> None:
+        kind = ev.get("event")
+        if kind == "cell":
+            cell = Cell.from_dict(ev["cell"])
+            rec.add_cell(cell)
+            info = rec.data["variants"].get(cell.variant)
+            first = cell.cold_start.get("first_inference_s")
+            if info is not None and first is not None and \
+                    "first_inference_s" not in info["cold_start"]:
+                info["cold_start"]["first_inference_s"] = first  # known after the warm-up
+                rec.save()
+        elif kind == "variant":
+            rec.data["variants"][ev["variant"]] = ev["info"]
+            rec.save()
+        elif (kind == "phase" and ev["phase"] == "measure"
+              and rec.data["timeline"]["first_timed_iteration_s"] is None):
+            rec.data["timeline"]["first_timed_iteration_s"] = round(time.time() - started, 3)
+            rec.save()
+        emit(ev)
+
+    try:
+        for v in variants:
+            cells = [c.to_dict() for c in plan_cells(cfg, v, device, threads, settings, host)]
+            job = Job(name=v.label, target=MEASURE_VARIANT, cells=cells, timeout=cfg.timeout,
+                      payload={"config": config, "variant": v.label, "device": device,
+                               "threads": threads, "settings": settings, "cells": cells})
+            executor.run(job, on_event)
+    except KeyboardInterrupt:
+        rec.finish("incomplete")
+        raise RunInterrupted(
+            f"interrupted: run {rec.id} kept its {sum(c.ok for c in rec.cells)} "
+            f"finished cells and is marked incomplete ({rec.path})"
+        ) from None
+    rec.finish("complete")
+    emit({"event": "end", "run": rec.id})
+    return rec
+
+
+def _process_start() -> float:
+    """When this process started (wall clock), so the timeline includes Python's imports."""
+    try:
+        import psutil
+
+        return psutil.Process().create_time()
+    except Exception:
+        return time.time()
