@@ -1,0 +1,102 @@
+"""A runtime with a known service time, registered through the real registries like any
+other plugin (``DENSEBENCH_PLUGINS=.../tests/plugins/sleepy.py``).
+
+Its session sleeps ``base_ms + per_image_ms * batch`` per call and returns zero logits,
+so what a scenario or the store does with it can be checked against arithmetic. It is
+never a stand-in for a runtime under test. ``pool-tiny`` is a model cheap enough for runs
+of hundreds of cells (its fp32 reference costs microseconds).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from densebench.backends import Backend, Session, register_backend
+from densebench.exporters import fixed_input
+from densebench.measure.stats import summarize
+from densebench.models import register_model
+from densebench.results.schema import Cell
+from densebench.scenarios import Scenario, register_scenario
+from densebench.variants import Variant, register_variant
+
+
+@register_model("pool-tiny", default_image_size=8,
+                description="test model: global average pool and one linear layer")
+def pool_tiny(num_classes: int = 1000) -> nn.Module:
+    return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, num_classes))
+
+
+@dataclass
+class SleepSession(Session):
+    base_ms: float = 0.0
+    per_image_ms: float = 0.0
+    num_classes: int = 1000
+
+    def service_ms(self, batch: int) -> float:
+        return self.base_ms + self.per_image_ms * batch
+
+    def to_device(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        time.sleep(self.service_ms(len(x)) / 1e3)
+        return torch.zeros(len(x), self.num_classes)
+
+    def to_host(self, out: torch.Tensor) -> torch.Tensor:
+        return out
+
+
+@register_backend
+class SleepBackend(Backend):
+    NAME = "sleep"
+    DESCRIPTION = "test runtime: sleeps a known time per batch"
+
+    def prepare(self, variant, loaded, device, *, artifact=None, threads=None,
+                profile_dir=None):
+        return SleepSession(label=variant.label, device=device, options=dict(variant.options),
+                            base_ms=variant.options["base_ms"],
+                            per_image_ms=variant.options["per_image_ms"],
+                            num_classes=loaded.num_classes)
+
+    def supported(self, variant, device: str) -> str | None:
+        return None if device == "cpu" else f"{variant.name} runs on the CPU only"
+
+    def versions(self) -> dict[str, str | None]:
+        return {"sleepy": "1.0"}
+
+
+register_variant(Variant("sleep", "sleep", "test: sleeps 4 ms + 1 ms per image",
+                         options={"base_ms": 4.0, "per_image_ms": 1.0}))
+register_variant(Variant("sleep-fast", "sleep", "test: sleeps 0.02 ms per batch",
+                         options={"base_ms": 0.02, "per_image_ms": 0.0}))
+
+
+@register_scenario
+class OneCall(Scenario):
+    """A second scenario beside closed-loop: one timed end-to-end call per cell."""
+
+    NAME = "one-call"
+    DESCRIPTION = "test scenario: one timed end-to-end call per cell"
+
+    def run(self, prepared, cells, settings, emit):
+        for planned in cells:
+            x = fixed_input(planned.batch_size, prepared.image_size)
+            t0 = time.perf_counter_ns()
+            prepared.session.e2e(x)
+            ms = (time.perf_counter_ns() - t0) / 1e6
+            cell = Cell.from_dict({**planned.to_dict(), "status": "ok", "samples_ms": [ms],
+                                   "stats": summarize([ms], planned.batch_size)})
+            emit({"event": "cell", "cell": cell.to_dict()})
+
+
+def crash(payload: dict, emit) -> None:
+    """A job target that reports its first planned cell, then dies like a segfault would."""
+    first = Cell.from_dict(payload["cells"][0])
+    emit({"event": "cell", "cell": Cell.from_dict({**first.to_dict(), "status": "ok"})
+          .to_dict()})
+    os._exit(payload.get("exit_code", 3))

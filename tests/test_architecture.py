@@ -1,0 +1,220 @@
+"""The seams: registered backends and scenarios (a plugin's, through the real registries),
+executors, typed cells with schema v2, the v1 migration, progress without a terminal, a
+store linear in its cells, and the Python API."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import statistics
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import densebench
+from densebench.errors import ConfigError
+from densebench.executors import Job, get_executor
+from densebench.results.schema import SCHEMA_VERSION, Cell
+from densebench.results.store import RunStore, load_run
+from densebench.run import RunConfig, run_benchmark
+
+from .conftest import SLEEPY, TINY_SIZE, run_cli_process
+
+FIXTURES = Path(__file__).parent / "fixtures" / "v1"
+V1_RUN = "20261201-011644-e4cc"  # densenet-tiny 32 px, eager + onnxruntime, batch 1 and 2
+V1_EVAL = "20261201-011705-43d7"
+
+
+def _sleepy_run(**kw) -> object:
+    settings = {"model": "pool-tiny", "variants": ["sleep"], "batch_sizes": [1],
+                "modes": ["model"], "warmup": "1", "iters": 3, "executor": "inline", **kw}
+    return run_benchmark(RunConfig(**settings))
+
+
+def test_a_plugin_backend_is_listed_and_runs_in_a_worker(cli, workdir):
+    rows = json.loads(cli("variants", "--json").stdout)
+    sleep = next(r for r in rows if r["variant"] == "sleep")
+    assert sleep["backend"] == "sleep" and sleep["supported"] is True
+    assert {"eager", "onnxruntime", "compile"} <= {r["backend"] for r in rows}
+    assert "sleep" in cli("variants").stdout
+    # the default executor: a worker process, which loads the plugin from the environment
+    r = cli("run", "-m", "pool-tiny", "-v", "sleep", "-b", "1,2", "--iters", "3",
+            "--warmup", "1", "--json")
+    assert r.exit_code == 0, r.stderr
+    cells = json.loads(r.stdout)["cells"]
+    assert [c["status"] for c in cells] == ["ok"] * 4
+    rec = RunStore().load(json.loads(r.stdout)["run"])
+    assert {c.backend for c in rec.cells} == {"sleep"}
+    assert rec.data["environment"]["libraries"]["sleepy"] == "1.0"  # Backend.versions()
+    assert (rec.path / "logs" / "sleep.log").exists()
+
+
+def test_closed_loop_arithmetic_with_a_known_service_time(workdir):
+    rec = _sleepy_run(batch_sizes=[1, 4], iters=20, warmup="2")
+    by = {c.batch_size: c for c in rec.cells}
+    for bs, c in by.items():
+        service = 4.0 + 1.0 * bs  # the sleep variant: 4 ms + 1 ms per image
+        assert c.ok and len(c.samples_ms) == 20 and c.stats["n"] == 20
+        assert c.warmup_iters == 2
+        assert min(c.samples_ms) >= service  # sleep never returns early
+        assert statistics.median(c.samples_ms) < service + 3.0
+        assert c.stats["mean_ms"] == pytest.approx(statistics.fmean(c.samples_ms))
+        assert c.stats["throughput"] == pytest.approx(bs * 20 / (sum(c.samples_ms) / 1e3))
+        assert c.scenario == "closed-loop" and c.scenario_settings["iters"] == 20
+    gap = by[4].stats["p50_ms"] - by[1].stats["p50_ms"]
+    assert gap == pytest.approx(3.0, abs=1.5)  # three more images at 1 ms each
+
+
+def test_a_second_scenario_plugs_in_beside_closed_loop(cli, workdir):
+    r = cli("run", "-m", "pool-tiny", "-v", "sleep", "-b", "2", "--mode", "e2e",
+            "--scenario", "one-call", "--no-isolate", "--name", "once", "--json")
+    assert r.exit_code == 0, r.stderr
+    rec = RunStore().load("once")
+    (c,) = rec.cells
+    assert c.scenario == "one-call" and c.stats["n"] == 1 and c.samples_ms[0] >= 6.0
+    _sleepy_run(batch_sizes=[2], modes=["e2e"], name="loop")
+    r = cli("compare", "once", "loop")  # cells are matched by scenario too
+    assert r.exit_code == 1 and "no cell in common" in r.stderr
+
+
+def test_executors_fail_what_a_dead_job_did_not_report(workdir):
+    planned = [Cell(model="pool-tiny", variant="x", batch_size=b, mode="model", device="cpu",
+                    status="planned").to_dict() for b in (1, 2, 3)]
+    events: list[dict] = []
+    job = Job(name="x", target="densebench_plugin_sleepy:crash", payload={"cells": planned},
+              cells=planned)
+    get_executor("subprocess", log_dir=workdir / "logs").run(job, events.append)
+    cells = [Cell.from_dict(e["cell"]) for e in events if e["event"] == "cell"]
+    assert [c.status for c in cells] == ["ok", "failed", "failed"]
+    assert "worker exited with code 3" in cells[1].error and "logs/x.log" in cells[1].error
+    events.clear()
+    bad = Job(name="y", target="densebench.no_such_module:f", payload={}, cells=planned)
+    get_executor("inline").run(bad, events.append)
+    assert [e["cell"]["status"] for e in events] == ["failed"] * 3
+    assert "ModuleNotFoundError" in events[0]["cell"]["error"]
+    assert json.loads(json.dumps(job.to_dict())) == job.to_dict()  # plain data
+
+
+def _digest(d: Path) -> dict:
+    return {str(p.relative_to(d)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+def test_v1_runs_load_show_compare_and_report(cli, workdir):
+    runs = workdir / "runs"
+    runs.mkdir()
+    for name in (V1_RUN, V1_EVAL):
+        shutil.copytree(FIXTURES / name, runs / name)
+    before = _digest(runs)
+    v1 = load_run(runs / V1_RUN)
+    assert v1.data["migrated_from"] == 1 and v1.data["schema_version"] == SCHEMA_VERSION
+    assert len(v1.cells) == 8 and all(c.ok for c in v1.cells)
+    assert {c.model for c in v1.cells} == {"densenet-tiny"}
+    assert {c.scenario for c in v1.cells} == {"closed-loop"}
+    assert all(c.host["hostname"] and c.host["machine_id"] is None for c in v1.cells)
+    assert {c.scenario for c in load_run(runs / V1_EVAL).cells} == {"eval"}
+
+    r = cli("show", "v1-fixture")
+    assert r.exit_code == 0 and "onnxruntime" in r.stdout and "schema-version-1" in r.stdout
+    assert "v1-fixture" in cli("runs").stdout and "v1-eval" in cli("runs").stdout
+
+    r = cli("run", "-m", "densenet-tiny", "--image-size", TINY_SIZE, "-v", "eager", "-b", "1",
+            "--mode", "model", "--iters", "40", "--warmup", "1", "--no-isolate",
+            "--name", "v2")
+    assert r.exit_code == 0, r.stderr
+    j = json.loads(cli("compare", "v1-fixture", "v2", "--format", "json").stdout)
+    (row,) = j["rows"]
+    assert (row["variant"], row["batch_size"], row["mode"], row["scenario"]) == \
+        ("eager", 1, "model", "closed-loop")
+    assert row["ratio"] > 0 and row["verdict"] in ("faster", "slower", "no significant change")
+    assert len(j["unmatched"]) == 7
+
+    r = cli("report", "v1-fixture", "v2", "v1-eval", "--out", workdir / "report")
+    assert r.exit_code == 0, r.stderr
+    assert (workdir / "report" / "throughput.png").stat().st_size > 5000
+    assert "v1-fixture" in (workdir / "report" / "index.html").read_text()
+    assert _digest(runs / V1_RUN) == {k[len(V1_RUN) + 1:]: v for k, v in before.items()
+                                      if k.startswith(V1_RUN)}  # read, never rewritten
+
+
+def test_progress_lines_when_stderr_is_a_pipe(workdir):
+    p = run_cli_process("run", "-m", "pool-tiny", "-v", "sleep", "-b", "1,2", "--iters", "3",
+                        "--warmup", "1", "--mode", "model")
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 0, err
+    lines = [ln for ln in err.splitlines() if ln.startswith("densebench: ")]
+    assert any(ln.endswith(": 2 cells of 1 variant(s)") for ln in lines)
+    assert "densebench: sleep: load" in lines
+    assert "densebench: sleep: measure batch 2 model" in lines
+    assert any(ln.startswith("densebench: [1/2] sleep batch 1 model: ok, p50 ") and
+               "img/s" in ln for ln in lines)
+    assert any(ln.startswith("densebench: [2/2] sleep batch 2 model: ok") for ln in lines)
+    assert lines[-1].endswith("finished")
+
+    p = run_cli_process("eval", "-m", "pool-tiny", "-v", "eager", "--limit", "8", "-b", "4")
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 0, err
+    assert "densebench: eager: evaluate" in err and "eager batch 4 e2e: ok" in err
+    p = run_cli_process("profile", "-m", "pool-tiny", "-v", "eager", "--iters", "2")
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 0, err
+    assert "densebench: eager: profile" in err and "densebench: eager: time breakdown" in err
+
+
+def test_a_sweep_sized_run_stores_in_time_linear_in_its_cells(workdir):
+    # 300 cells from the test backend: 150 batch sizes x 2 modes
+    rec = _sleepy_run(variants=["sleep-fast"], batch_sizes=list(range(1, 151)),
+                      modes=["model", "e2e"], iters=2, min_iters=1, warmup="0")
+    assert len(rec.cells) == 300 and all(c.ok for c in rec.cells)
+    on_disk = sum((rec.path / f).stat().st_size
+                  for f in ("run.json", "cells.jsonl", "results.csv"))
+    # each cell is written once (a rewrite-everything store would write ~150x this)
+    assert rec.bytes_written < 1.5 * on_disk
+    again = load_run(rec.path)
+    assert [c.to_dict() for c in again.cells] == [c.to_dict() for c in rec.cells]
+    assert len(pd.read_csv(rec.path / "results.csv")) == 300
+    # a crash mid-write leaves the finished cells readable
+    text = (rec.path / "cells.jsonl").read_text()
+    (rec.path / "cells.jsonl").write_text(text[: len(text) - 40])
+    damaged = load_run(rec.path)
+    assert len(damaged.cells) == 299 and "line 300 is damaged" in damaged.load_warnings[0]
+
+
+def test_the_python_api(workdir):
+    rec = densebench.benchmark(model="pool-tiny", variants=["sleep", "eager"],
+                               batch_sizes=[1, 2], modes=["model"], iters=3,
+                               executor="inline", name="api")
+    df = densebench.load_run("api").frame()
+    assert list(df["model_variant"]) == [c.variant for c in rec.cells]
+    assert len(df) == 4 and df["p50_ms"].notna().all()
+    csv = pd.read_csv(rec.path / "results.csv")
+    assert list(csv.columns) == list(df.columns)
+    assert csv["latency_ms"].tolist() == pytest.approx(df["latency_ms"].tolist())
+    assert [r.id for r in densebench.list_runs()] == [rec.id]
+    comp = densebench.compare_runs("api", rec)
+    assert {c.verdict for c in comp.cells} == {"no significant change"}
+    with pytest.raises(ConfigError) as e:
+        densebench.RunConfig(threads=0)
+    assert str(e.value) == "threads must be at least 1, got 0" and e.value.setting == "threads"
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--threads", "0"], "--threads must be at least 1, got 0"),
+    (["-b", "0"], "--batch-size must be positive integers"),
+    (["--scenario", "warp"], "--scenario 'warp' is unknown: choose from closed-loop"),
+    (["--executor", "cloud"], "--executor 'cloud' is unknown: choose from inline"),
+    (["--min-time", "nan"], "--min-time must be a finite number, got nan"),
+])
+def test_core_errors_name_the_setting_and_the_cli_its_flag(cli, workdir, args, needle):
+    r = cli("run", "-m", "pool-tiny", "-v", "sleep", *args)
+    assert r.exit_code == 2 and needle in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_a_plugin_that_cannot_be_imported_is_one_clear_error(cli, workdir, monkeypatch):
+    monkeypatch.setenv("DENSEBENCH_PLUGINS", f"{SLEEPY},{workdir / 'missing.py'}")
+    r = cli("variants")
+    assert r.exit_code == 2 and "DENSEBENCH_PLUGINS names" in r.stderr
+    assert "missing.py" in r.stderr and len(r.stderr.strip().splitlines()) == 1
