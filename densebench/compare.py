@@ -2,6 +2,10 @@
 
 Runs are ``RunRecord``s of any schema version (a v1 run compares with a v2 run through
 its migration). Cells are matched by (model, variant, batch size, mode, device, scenario).
+LoadGen scenario cells compare LoadGen's own figures (latency percentiles, samples/s); a
+latency ratio's interval comes from the system under test's per-sample latencies,
+centred on LoadGen's ratio; samples/s has no interval. A cell that was VALID and is
+INVALID is a regression, whatever its figures.
 For each matched cell and metric, the ratio is candidate / baseline (for latencies, above
 1 is slower; for throughput, above 1 is faster). Its 95% interval comes from resampling
 both runs' raw samples (``measure.stats.bootstrap``, the same function as a run's own
@@ -39,6 +43,7 @@ class CellComparison:
     ci: tuple[float, float] | None
     verdict: str  # faster | slower | no significant change | not comparable
     values: dict = field(default_factory=dict)  # every metric: (baseline, candidate, ratio)
+    note: str | None = None  # LoadGen: a change of verdict (VALID -> INVALID)
 
 
 @dataclass
@@ -144,15 +149,16 @@ def compare_runs(runs: list, metric: str = "p50", threshold: float = 0.05) -> Co
     if len(runs) < 2:
         raise ConfigError("compare needs at least two runs: a baseline and a candidate")
     base_run = runs[0]
-    base_cells = {_key(c): c for c in base_run.cells if c.ok and c.samples_ms}
+    base_cells = {_key(c): c for c in base_run.cells if _comparable(c)}
     cells: list[CellComparison] = []
     unmatched: list[dict] = []
     matched_base: set = set()
     geomean: dict[str, float | None] = {}
+    settings_warnings: list[str] = []
     for run in runs[1:]:
         logs = []
         for c in run.cells:
-            if not c.ok or not c.samples_ms:
+            if not _comparable(c):
                 continue
             k = _key(c)
             b = base_cells.get(k)
@@ -163,24 +169,38 @@ def compare_runs(runs: list, metric: str = "p50", threshold: float = 0.05) -> Co
             bs = c.batch_size
             bx = np.asarray(b.samples_ms, dtype=float)
             cx = np.asarray(c.samples_ms, dtype=float)
-            values = {}
-            for m in METRICS:
-                if _supported(b, m) and _supported(c, m):
-                    bv, cv = float(_stat(bx, m, bs)), float(_stat(cx, m, bs))
-                    values[m] = (bv, cv, cv / bv)
+            served = b.loadgen is not None or c.loadgen is not None
+            values = _loadgen_values(b, c) if served else _sample_values(b, c, bx, cx, bs)
+            note = None
             if metric in values:
                 bv, cv, ratio = values[metric]
-                ci = ratio_interval(bx, cx, metric, bs)
+                ci = None
+                if not served:
+                    ci = ratio_interval(bx, cx, metric, bs)
+                elif metric != "throughput" and len(bx) > 1 and len(cx) > 1:
+                    sut = float(_stat(cx, metric, 1) / _stat(bx, metric, 1))
+                    raw = ratio_interval(bx, cx, metric, 1)
+                    ci = (raw[0] * ratio / sut, raw[1] * ratio / sut) if raw else None
                 verdict = _verdict(metric, ratio, ci, threshold)
                 logs.append(math.log(ratio))
             else:
                 bv = cv = ratio = None
                 ci = None
                 verdict = "not comparable"
+            differ = _settings_differ(b, c) if served else ""
+            if differ:
+                settings_warnings.append(
+                    f"{c.variant} batch {bs} {c.scenario} ({run.id}): scenario settings "
+                    f"differ: {differ}")
+            bval, cval = (b.loadgen or {}).get("validity"), (c.loadgen or {}).get("validity")
+            if bval and cval and bval != cval:
+                note = f"{bval} -> {cval}"
+                if bval == "VALID":
+                    verdict = "slower"  # a configuration that no longer meets its bound
             cells.append(CellComparison(
                 model=k[0], variant=k[1], batch_size=bs, mode=k[3], device=k[4],
                 scenario=k[5], run=run.id, metric=metric, baseline=bv, candidate=cv,
-                ratio=ratio, ci=ci, verdict=verdict, values=values))
+                ratio=ratio, ci=ci, verdict=verdict, values=values, note=note))
         geomean[run.id] = math.exp(sum(logs) / len(logs)) if logs else None
     for k in base_cells:
         if k not in matched_base:
@@ -193,8 +213,44 @@ def compare_runs(runs: list, metric: str = "p50", threshold: float = 0.05) -> Co
     return Comparison(
         baseline=base_run.id, runs=[r.id for r in runs[1:]], metric=metric,
         threshold=threshold, cells=cells, unmatched=unmatched,
-        environment_warnings=environment_differences(runs), geomean=geomean,
+        environment_warnings=environment_differences(runs) + settings_warnings,
+        geomean=geomean,
     )
+
+
+_IGNORED_SETTINGS = {"threads_per_instance"}
+
+
+def _settings_differ(b, c) -> str:
+    """What differs between two matched cells' scenario settings (offered QPS, say)."""
+    keys = (set(b.scenario_settings) | set(c.scenario_settings)) - _IGNORED_SETTINGS
+    diffs = [f"{k} {b.scenario_settings.get(k)} vs {c.scenario_settings.get(k)}"
+             for k in sorted(keys) if b.scenario_settings.get(k) != c.scenario_settings.get(k)]
+    return ", ".join(diffs)
+
+
+def _comparable(c) -> bool:
+    return c.ok and bool(c.samples_ms or (c.loadgen and c.stats))
+
+
+def _sample_values(b, c, bx, cx, bs) -> dict:
+    values = {}
+    for m in METRICS:
+        if _supported(b, m) and _supported(c, m) and len(bx) and len(cx):
+            bv, cv = float(_stat(bx, m, bs)), float(_stat(cx, m, bs))
+            values[m] = (bv, cv, cv / bv)
+    return values
+
+
+def _loadgen_values(b, c) -> dict:
+    """LoadGen's own figures: its latency percentiles and samples per second."""
+    values = {}
+    for m in METRICS:
+        key = "throughput" if m == "throughput" else f"{m}_ms"
+        bv, cv = (b.stats or {}).get(key), (c.stats or {}).get(key)
+        if bv and cv:
+            values[m] = (float(bv), float(cv), float(cv) / float(bv))
+    return values
 
 
 def _named(k: tuple) -> dict:
@@ -211,7 +267,7 @@ def rows(comp: Comparison) -> list[dict]:
                "scenario": c.scenario, "metric": c.metric, "baseline": c.baseline,
                "candidate": c.candidate,
                "ratio": c.ratio, "ci_low": c.ci[0] if c.ci else None,
-               "ci_high": c.ci[1] if c.ci else None, "verdict": c.verdict}
+               "ci_high": c.ci[1] if c.ci else None, "verdict": c.verdict, "note": c.note}
         for m in METRICS:
             v = c.values.get(m)
             row[f"{m}_baseline"] = v[0] if v else None

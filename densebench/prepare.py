@@ -42,6 +42,11 @@ class Prepared:
         with torch.inference_mode():
             return self.loaded.module(x_host)
 
+    def another_session(self) -> Session:
+        """One more session of the same variant (another serving instance)."""
+        return self.backend.prepare(self.variant, self.loaded, self.device,
+                                    artifact=self.artifact, threads=self.threads)
+
     def info(self) -> dict:
         """What a run records about the prepared variant."""
         v = self.variant

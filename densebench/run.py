@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 from densebench.errors import RunInterrupted, bad_setting, check_threads, one_line
 from densebench.measure.engine import MODES, StopRule, Warmup
@@ -31,16 +32,34 @@ class RunConfig:
     image_size: int | None = None
     variants: list[str] = field(default_factory=lambda: ["eager"])
     compile_modes: list[str] = field(default_factory=lambda: ["default"])
-    batch_sizes: list[int] = field(default_factory=lambda: [1])
-    modes: list[str] = field(default_factory=lambda: list(MODES))
+    batch_sizes: list[int] | None = None  # closed-loop; None: [1]
+    modes: list[str] | None = None  # None: model and e2e (closed-loop), e2e (LoadGen)
     device: str = "auto"
-    threads: int | None = None
+    threads: int | None = None  # intra-op threads (per instance in LoadGen scenarios)
     scenario: str = "closed-loop"
+    # closed-loop
     warmup: str = "3"
     min_iters: int = 10
     min_time: float = 3.0
     iters: int | None = None
     max_time: float | None = None
+    # LoadGen scenarios (scenarios/loadgen.py); None: the scenario's default
+    max_batch: list[int] | None = None  # the dynamic batcher's largest batch; None: [1]
+    batch_timeout_ms: float | None = None
+    instances: int | None = None
+    oversubscribe: bool = False
+    samples: int | None = None
+    data: str | None = None
+    target_qps: float | None = None  # server
+    latency_budget_ms: float | None = None  # server
+    percentile: float | None = None  # server
+    samples_per_query: int | None = None  # multi-stream
+    expected_qps: float | None = None  # offline
+    duration: float | None = None  # seconds, LoadGen's min duration
+    min_queries: int | None = None
+    official: bool = False
+    accuracy: bool = False
+    # where
     timeout: float = 1800.0
     executor: str = "subprocess"
     name: str | None = None
@@ -51,12 +70,14 @@ class RunConfig:
 
         if not self.variants:
             raise bad_setting("variants", "is empty: name at least one variant (or all)")
-        if not self.batch_sizes:
+        if self.batch_sizes is not None and not self.batch_sizes:
             raise bad_setting("batch_sizes", "is empty: give at least one, e.g. 1,16")
-        for b in self.batch_sizes:
-            if not isinstance(b, int) or isinstance(b, bool) or b < 1:
-                raise bad_setting("batch_sizes", f"must be positive integers, got {b}")
-        for m in self.modes:
+        for setting, values in (("batch_sizes", self.batch_sizes or []),
+                                ("max_batch", self.max_batch or [])):
+            for b in values:
+                if not isinstance(b, int) or isinstance(b, bool) or b < 1:
+                    raise bad_setting(setting, f"must be positive integers, got {b}")
+        for m in self.modes or []:
             if m not in MODES:
                 raise bad_setting("modes", f"has unknown mode {m!r}: choose from "
                                   f"{', '.join(MODES)}")
@@ -71,6 +92,75 @@ class RunConfig:
         self.stop_rule()
         get_scenario(self.scenario)
         get_executor(self.executor)
+        self._check_scenario_settings()
+
+    def _check_scenario_settings(self) -> None:
+        from densebench.scenarios.loadgen import check_cores, is_loadgen, require_loadgen
+
+        loadgen_settings = {
+            "max_batch": self.max_batch, "batch_timeout_ms": self.batch_timeout_ms,
+            "instances": self.instances, "oversubscribe": self.oversubscribe or None,
+            "samples": self.samples, "data": self.data, "target_qps": self.target_qps,
+            "latency_budget_ms": self.latency_budget_ms, "percentile": self.percentile,
+            "samples_per_query": self.samples_per_query, "expected_qps": self.expected_qps,
+            "duration": self.duration, "min_queries": self.min_queries,
+            "official": self.official or None, "accuracy": self.accuracy or None}
+        if not is_loadgen(self.scenario):
+            given = [k for k, v in loadgen_settings.items() if v is not None]
+            if given:
+                raise bad_setting(given[0], "is a setting of the LoadGen scenarios "
+                                  "(single-stream, multi-stream, server, offline), not of "
+                                  f"{self.scenario}")
+            return
+        if self.batch_sizes is not None:
+            raise bad_setting("batch_sizes", f"is a closed-loop setting: the {self.scenario} "
+                              "scenario batches dynamically; give max_batch")
+        if self.modes not in (None, ["e2e"]):
+            raise bad_setting("modes", "must be e2e for the LoadGen scenarios: they answer "
+                              "LoadGen with host logits from host inputs")
+        only = {"target_qps": "server", "latency_budget_ms": "server",
+                "percentile": "server", "samples_per_query": "multi-stream",
+                "expected_qps": "offline"}
+        for setting, scenario in only.items():
+            if loadgen_settings[setting] is not None and self.scenario != scenario:
+                raise bad_setting(setting, f"is a setting of the {scenario} scenario, not of "
+                                  f"{self.scenario}")
+        if self.scenario == "server" and self.target_qps is None:
+            raise bad_setting("target_qps", "is required by the server scenario (queries per "
+                              "second to offer), e.g. 20")
+        positive = {"target_qps": self.target_qps, "latency_budget_ms": self.latency_budget_ms,
+                    "duration": self.duration, "expected_qps": self.expected_qps}
+        for setting, v in positive.items():
+            if v is not None and not (v > 0 and math.isfinite(v)):
+                raise bad_setting(setting, f"must be positive, got {v}")
+        if self.percentile is not None and not 0 < self.percentile < 100:
+            raise bad_setting("percentile", f"must be between 0 and 100 (exclusive), got "
+                              f"{self.percentile}")
+        for setting, v in (("instances", self.instances), ("samples", self.samples),
+                           ("samples_per_query", self.samples_per_query),
+                           ("min_queries", self.min_queries)):
+            if v is not None and v < 1:
+                raise bad_setting(setting, f"must be at least 1, got {v}")
+        if self.batch_timeout_ms is not None and not self.batch_timeout_ms >= 0:
+            raise bad_setting("batch_timeout_ms", f"must not be negative, got "
+                              f"{self.batch_timeout_ms}")
+        require_loadgen(self.scenario)
+        check_cores(self.instances or 1, self.threads, self.oversubscribe)
+
+    def cell_batch_sizes(self) -> list[int]:
+        """Batch sizes of the cells: closed-loop's batches, or the batcher's max batch."""
+        from densebench.scenarios.loadgen import is_loadgen
+
+        if is_loadgen(self.scenario):
+            return self.max_batch or [1]
+        return self.batch_sizes or [1]
+
+    def cell_modes(self) -> list[str]:
+        from densebench.scenarios.loadgen import is_loadgen
+
+        if is_loadgen(self.scenario):
+            return ["e2e"]
+        return self.modes or list(MODES)
 
     def stop_rule(self) -> StopRule:
         return StopRule(self.min_iters, self.min_time, self.iters, self.max_time)
@@ -103,7 +193,8 @@ def measure_variant(payload: dict, emit: Emit) -> None:
             emit({"event": "cell", "cell": c.failed(one_line(e)).to_dict()})
         return
     emit({"event": "variant", "variant": label, "info": prepared.info()})
-    get_scenario(cfg.scenario).run(prepared, cells, payload["settings"], emit)
+    get_scenario(cfg.scenario).run(prepared, cells, payload["settings"], emit,
+                                   Path(payload["run_dir"]))
 
 
 def plan_cells(cfg: RunConfig, variant, device: str, threads: int, settings: dict,
@@ -113,7 +204,7 @@ def plan_cells(cfg: RunConfig, variant, device: str, threads: int, settings: dic
                  precision=variant.precision, backend=variant.backend,
                  description=variant.description, threads=threads,
                  scenario_settings=settings)
-            for bs in cfg.batch_sizes for mode in cfg.modes]
+            for bs in cfg.cell_batch_sizes() for mode in cfg.cell_modes()]
 
 
 # ============================================================================ the run
@@ -129,12 +220,16 @@ def run_benchmark(cfg: RunConfig, *, progress: Emit | None = None, store=None):
     from densebench.models import check_image_size, load_model, model_stats
     from densebench.results.store import RunStore
     from densebench.scenarios import get_scenario
+    from densebench.scenarios.loadgen import check_cores, is_loadgen
     from densebench.variants import expand
 
     emit = progress or (lambda ev: None)
     device = resolve_device(cfg.device)
     variants, skipped = expand(cfg.variants, cfg.compile_modes, device)
-    threads = cfg.threads or torch.get_num_threads()
+    if is_loadgen(cfg.scenario):  # threads per serving instance
+        threads = check_cores(cfg.instances or 1, cfg.threads, cfg.oversubscribe)
+    else:
+        threads = cfg.threads or torch.get_num_threads()
     loaded = load_model(cfg.model, cfg.weights, cfg.num_classes)
     image_size = cfg.image_size or loaded.default_image_size
     check_image_size(cfg.model, image_size, cfg.num_classes)
@@ -163,9 +258,12 @@ def run_benchmark(cfg: RunConfig, *, progress: Emit | None = None, store=None):
         "timeline": {"first_timed_iteration_s": None},
     })
     emit({"event": "start", "run": rec.id, "path": str(rec.path), "variants": rec.data["plan"],
-          "cells": len(variants) * len(cfg.batch_sizes) * len(cfg.modes), "skipped": skipped})
+          "cells": len(variants) * len(cfg.cell_batch_sizes()) * len(cfg.cell_modes()),
+          "skipped": skipped})
     config = asdict(cfg)
     settings = get_scenario(cfg.scenario).settings(cfg)
+    if is_loadgen(cfg.scenario):
+        settings["threads_per_instance"] = threads
     host = host_identity()
     started = _process_start()
     executor = get_executor(cfg.executor, log_dir=rec.path / "logs")
@@ -195,7 +293,8 @@ def run_benchmark(cfg: RunConfig, *, progress: Emit | None = None, store=None):
             cells = [c.to_dict() for c in plan_cells(cfg, v, device, threads, settings, host)]
             job = Job(name=v.label, target=MEASURE_VARIANT, cells=cells, timeout=cfg.timeout,
                       payload={"config": config, "variant": v.label, "device": device,
-                               "threads": threads, "settings": settings, "cells": cells})
+                               "threads": threads, "settings": settings, "cells": cells,
+                               "run_dir": str(rec.path)})
             executor.run(job, on_event)
     except KeyboardInterrupt:
         rec.finish("incomplete")

@@ -34,7 +34,8 @@ _ABORT = tuple({typer.Abort, getattr(click.exceptions, "Abort", typer.Abort)})
 
 # settings whose flag is not "--" + the setting with dashes
 _FLAGS = {"batch_sizes": "--batch-size", "variants": "--variant", "modes": "--mode",
-          "compile_modes": "--compile-mode"}
+          "compile_modes": "--compile-mode", "batch_timeout_ms": "--batch-timeout",
+          "latency_budget_ms": "--latency-budget"}
 
 
 def error_text(e: DensebenchError) -> str:
@@ -104,11 +105,13 @@ def _register() -> None:
         report,
         run,
         runs,
+        search,
     )
     from densebench.cli import eval as eval_
 
     export.register(app)
     run.register(app)
+    search.register(app)
     profile.register(app)
     eval_.register(app)
     compare.register(app)

@@ -82,10 +82,13 @@ def _table(comp) -> None:
         return f"{_fmt(v[0])}→{_fmt(v[1])}" if v else "n/s"
 
     for c in comp.cells:
-        t.add_row(c.run, c.variant, str(c.batch_size), c.mode, pair(c, "p50"), pair(c, "p90"),
+        name = c.variant if c.scenario in ("closed-loop", "eval") else \
+            f"{c.variant} [{c.scenario}]"
+        t.add_row(c.run, name, str(c.batch_size), c.mode, pair(c, "p50"), pair(c, "p90"),
                   pair(c, "p99"), pair(c, "throughput"), _fmt(c.ratio, 4),
                   f"{c.ci[0]:.3f}-{c.ci[1]:.3f}" if c.ci else "-",
-                  Text(c.verdict, style=style.get(c.verdict, "")))
+                  Text(c.verdict + (f" ({c.note})" if c.note else ""),
+                       style=style.get(c.verdict, "")))
     out.print(t)
     for run, g in comp.geomean.items():
         out.print(f"geometric mean of {comp.metric} ratios, {run}: {_fmt(g, 4)}")

@@ -21,6 +21,18 @@ def cell_line(c: dict) -> str:
         where += f" {c['scenario']}"
     if c["status"] != "ok":
         return f"{where}: failed: {c.get('error')}"
+    if c.get("search"):
+        s = c["search"]
+        best = f"{s['best_qps']:.4g} QPS" if s.get("best_qps") else "no QPS met the budget"
+        return f"{where}: {best} ({len(s['probes'])} probes; {s['stopped']})"
+    if c.get("loadgen"):
+        lg, st = c["loadgen"], c.get("stats") or {}
+        text = f"{where}: {lg['validity']}"
+        if st.get("throughput") is not None:
+            text += f", {st['throughput']:.4g} samples/s"
+        if lg.get("reasons"):
+            text += f" ({'; '.join(lg['reasons'])[:200]})"
+        return text
     st, par = c.get("stats") or {}, c.get("parity") or {}
     parts = []
     if st.get("p50_ms") is not None:
@@ -112,6 +124,12 @@ class Progress:
             self.done += 1
             count = f"[{self.done}/{self.total}] " if self.unit == "cells" else ""
             self._line(count + cell_line(ev["cell"]))
+        elif kind == "probe":
+            p = ev["probe"]
+            lat = p.get("percentile_latency_ms")
+            self._line(f"{p['combination']}: probe {p['qps']:.4g} QPS: {p['validity']}"
+                       + (f", p-latency {lat:.3g} ms" if lat is not None else "")
+                       + (f" ({'; '.join(p['reasons'])[:160]})" if p.get("reasons") else ""))
         elif kind == "end":
             self._line(f"{self.title}: run {ev['run']} finished")
 

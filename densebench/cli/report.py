@@ -15,14 +15,15 @@ def report(
     out_dir: Annotated[Path, typer.Option("--out", help="Directory for the PNGs and index.html.")] = Path("report"),
 ) -> None:
     """PNG plots (throughput with intervals, latency distributions, batch scaling, parity or
-    accuracy against throughput) and an index.html with the summary table."""
+    accuracy against throughput; the serving curve of LoadGen Server runs and search probes)
+    and an index.html with the summary table."""
     from densebench.errors import StoreError
     from densebench.report.plots import write_report
     from densebench.results.store import RunStore
 
     store = RunStore()
     data = [store.load(r) for r in runs]
-    if not any(c.ok and c.stats for d in data for c in d.cells):
+    if not any(c.ok and (c.stats or c.search) for d in data for c in d.cells):
         raise StoreError("the runs hold no finished cell: nothing to plot")
     try:
         files = write_report(data, out_dir)

@@ -41,7 +41,22 @@ def run(
     iters: Annotated[int | None, typer.Option(help="Exactly N timed iterations (overrides the stop rule).")] = None,
     max_time: Annotated[float | None, typer.Option(help="Cap on one cell's timed seconds.")] = None,
     timeout: Annotated[float, typer.Option(help="Seconds before a variant's worker is killed and recorded as failed.")] = 1800.0,
-    scenario: Annotated[str, typer.Option(help="How the variant is driven: closed-loop (fixed batches back to back). See `densebench variants`.")] = "closed-loop",
+    scenario: Annotated[str, typer.Option(help="closed-loop (fixed batches back to back), or LoadGen's single-stream | multi-stream | server | offline.")] = "closed-loop",
+    max_batch: Annotated[list[str] | None, typer.Option("--max-batch", help="LoadGen: the dynamic batcher's largest batch (one cell each), e.g. 1,8.")] = None,
+    batch_timeout: Annotated[str | None, typer.Option("--batch-timeout", help="LoadGen: how long the batcher waits to fill a batch (default 2ms).")] = None,
+    instances: Annotated[int | None, typer.Option(help="LoadGen: copies of the session serving the queue (default 1); --threads is per instance.")] = None,
+    oversubscribe: Annotated[bool, typer.Option("--oversubscribe", help="LoadGen: allow instances x threads above the cores.")] = False,
+    samples: Annotated[int | None, typer.Option(help="LoadGen: preprocessed inputs in the sample library (default 256).")] = None,
+    data: Annotated[str | None, typer.Option(help="LoadGen: synthetic | imagefolder:PATH (default synthetic).")] = None,
+    target_qps: Annotated[float | None, typer.Option("--target-qps", help="server: queries per second offered (Poisson arrivals).")] = None,
+    latency_budget: Annotated[str | None, typer.Option("--latency-budget", help="server: the latency bound, with its unit (default 100ms).")] = None,
+    percentile: Annotated[float | None, typer.Option(help="server: the percentile held under the budget (default 99).")] = None,
+    samples_per_query: Annotated[int | None, typer.Option("--samples-per-query", help="multi-stream: samples per query (default 8).")] = None,
+    expected_qps: Annotated[float | None, typer.Option("--expected-qps", help="offline: the QPS LoadGen sizes its one query for (default: measured).")] = None,
+    duration: Annotated[str | None, typer.Option(help="LoadGen: minimum duration (default 10s; a short run, labelled so).")] = None,
+    min_queries: Annotated[int | None, typer.Option("--min-queries", help="LoadGen: minimum query count.")] = None,
+    official: Annotated[bool, typer.Option("--official", help="LoadGen: MLPerf's 10-minute minimum duration.")] = False,
+    accuracy: Annotated[bool, typer.Option("--accuracy", help="LoadGen: accuracy mode (parity of every response with fp32, top-1 with labels).")] = False,
     isolate: Annotated[bool, typer.Option("--isolate/--no-isolate", help="Each variant in its own subprocess (default), or all in this process.")] = True,
     executor: Annotated[str | None, typer.Option(help="Where each variant runs: subprocess | inline (overrides --isolate).")] = None,
     name: Annotated[str | None, typer.Option(help="A name for the run (usable with show/compare).")] = None,
@@ -50,18 +65,31 @@ def run(
     """Benchmark variants at batch sizes; store the run under runs/<run-id>/.
 
     Example: densebench run --variant eager --variant onnxruntime-int8 --batch-size 1,16
+
+    Serving: densebench run --scenario server --target-qps 20 --latency-budget 50ms -v onnxruntime --max-batch 4
     """
     from densebench.cli.progress import Progress
+    from densebench.durations import duration_ms
     from densebench.report.tables import summary_rows, summary_table
     from densebench.run import RunConfig, run_benchmark
 
     cfg = RunConfig(
         model=model, weights=weights, num_classes=num_classes, image_size=image_size,
         variants=_csv(variant) or ["eager"], compile_modes=_csv(compile_mode) or ["default"],
-        batch_sizes=_ints(batch_size, "--batch-size") or [1],
-        modes=_csv(mode) or ["model", "e2e"], device=device, threads=threads, warmup=warmup,
+        batch_sizes=_ints(batch_size, "--batch-size") or None,
+        modes=_csv(mode) or None, device=device, threads=threads, warmup=warmup,
         min_iters=min_iters, min_time=min_time, iters=iters, max_time=max_time,
         timeout=timeout, scenario=scenario, name=name,
+        max_batch=_ints(max_batch, "--max-batch") or None,
+        batch_timeout_ms=duration_ms(batch_timeout, "batch_timeout_ms", allow_zero=True)
+        if batch_timeout is not None else None,
+        instances=instances, oversubscribe=oversubscribe, samples=samples, data=data,
+        target_qps=target_qps,
+        latency_budget_ms=duration_ms(latency_budget, "latency_budget_ms")
+        if latency_budget is not None else None,
+        percentile=percentile, samples_per_query=samples_per_query, expected_qps=expected_qps,
+        duration=duration_ms(duration, "duration") / 1e3 if duration is not None else None,
+        min_queries=min_queries, official=official, accuracy=accuracy,
         executor=executor or ("subprocess" if isolate else "inline"),
     )
     with Progress("run", stop=cfg.stop_rule()) as progress:

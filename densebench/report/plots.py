@@ -29,8 +29,72 @@ def _save(plt, fig, path: Path) -> None:
 
 
 def _ok(run, mode: str) -> list:
-    """Finished closed-loop or eval cells of ``mode`` that have statistics."""
-    return [c for c in run.cells if c.ok and c.mode == mode and c.stats]
+    """Finished closed-loop or eval cells of ``mode`` that have statistics (LoadGen cells
+    are drawn by ``plot_serving``)."""
+    return [c for c in run.cells if c.ok and c.mode == mode and c.stats and c.samples_ms
+            and c.loadgen is None and c.search is None]
+
+
+def _serving_points(runs: list) -> dict:
+    """(label) -> [(offered QPS, percentile latency ms, VALID?, percentile, budget)] from
+    server cells and search probes."""
+    many = len(runs) > 1
+    out: dict[str, list] = {}
+    for d in runs:
+        for c in d.cells:
+            if not c.ok:
+                continue
+            inst = c.scenario_settings.get("instances") or 1
+            label = _label(d, f"{c.variant} b{c.batch_size} x{inst}", many)
+            if c.search:
+                for pr in c.search.get("probes", []):
+                    if pr.get("percentile_latency_ms") is not None:
+                        out.setdefault(label + " (search)", []).append(
+                            (pr["qps"], pr["percentile_latency_ms"],
+                             pr["validity"] == "VALID", c.search["percentile"],
+                             c.search["latency_budget_ms"]))
+            elif c.loadgen and c.scenario == "server" and \
+                    c.loadgen.get("percentile_latency_ms") is not None:
+                lg = c.loadgen
+                out.setdefault(label, []).append(
+                    (lg["target_qps"], lg["percentile_latency_ms"], lg["validity"] == "VALID",
+                     lg["percentile"], lg["latency_budget_ms"]))
+    return out
+
+
+def plot_serving(runs: list, path: Path, mode: str = "e2e") -> None:
+    """The serving curve: the chosen latency percentile against offered QPS (LoadGen
+    Server runs and search probes), VALID filled, INVALID hollow, the budget dashed."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(10, 5.2))
+    points = _serving_points(runs)
+    budgets = set()
+    for i, (label, pts) in enumerate(sorted(points.items())):
+        pts = sorted(pts)
+        color = f"C{i % 10}"
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], color=color, alpha=0.5, lw=1)
+        for qps, lat, valid, _, _ in pts:
+            ax.scatter([qps], [lat], s=40, color=color if valid else "white",
+                       edgecolors=color, zorder=3)
+        ax.scatter([], [], color=color, label=label)
+        budgets |= {(p[3], p[4]) for p in pts}
+    for pct, budget in sorted(budgets):
+        ax.axhline(budget, color="#a00", ls="--", lw=1)
+        ax.text(ax.get_xlim()[0], budget, f" p{pct:g} budget {budget:g} ms", color="#a00",
+                va="bottom", fontsize=8)
+    ax.set_xlabel("offered load, queries / s (LoadGen Server, Poisson arrivals)")
+    ax.set_ylabel("latency at the chosen percentile, ms (log)")
+    ax.set_yscale("log")
+    from matplotlib.ticker import FuncFormatter
+
+    plain = FuncFormatter(lambda v, _: f"{v:g}")
+    ax.yaxis.set_major_formatter(plain)
+    ax.yaxis.set_minor_formatter(plain)
+    ax.tick_params(axis="y", which="minor", labelsize=7)
+    ax.set_title("serving curve: filled = VALID, hollow = INVALID", loc="left", fontsize=10)
+    if points:
+        ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    _save(plt, fig, path)
 
 
 def _label(run, variant: str, many: bool) -> str:
@@ -38,7 +102,7 @@ def _label(run, variant: str, many: bool) -> str:
 
 
 def _mode(runs: list) -> str:
-    modes = {c.mode for d in runs for c in d.cells if c.ok}
+    modes = {c.mode for d in runs for c in d.cells if c.ok and c.loadgen is None}
     return "model" if "model" in modes else (sorted(modes) or ["model"])[0]
 
 
@@ -176,20 +240,35 @@ PLOTS = {
 }
 
 
+SERVING_PLOT = "serving.png"
+
+
+def plots_for(runs: list) -> list[str]:
+    """The plots these runs have something for."""
+    names = []
+    if any(_ok(d, m) for d in runs for m in ("model", "e2e")):
+        names += list(PLOTS)
+    if _serving_points(runs):
+        names.append(SERVING_PLOT)
+    return names
+
+
 def write_report(runs: list, out_dir: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     mode = _mode(runs)
     written = []
-    for name, fn in PLOTS.items():
+    names = plots_for(runs)
+    for name in names:
+        fn = plot_serving if name == SERVING_PLOT else PLOTS[name]
         fn(runs, out_dir / name, mode)
         written.append(out_dir / name)
     index = out_dir / "index.html"
-    index.write_text(_html(runs, mode))
+    index.write_text(_html(runs, mode, names))
     written.append(index)
     return written
 
 
-def _html(runs: list, mode: str) -> str:
+def _html(runs: list, mode: str, names: list[str]) -> str:
     e = html.escape
     parts = ["<!doctype html><html><head><meta charset='utf-8'><title>densebench report"
              "</title><style>body{font-family:sans-serif;max-width:1200px;margin:2em auto;"
@@ -222,15 +301,28 @@ def _html(runs: list, mode: str) -> str:
                      _n(r["parity_max_abs_error"]),
                      f"{r['parity_top1_agreement']:.0%}"
                      if r["parity_top1_agreement"] is not None else "-",
-                     r["status"] if r["status"] == "ok" else f"failed: {r['error']}"]
+                     _status(r)]
             parts.append("<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in cells) + "</tr>")
         parts.append("</table><p><small>n/s: percentile not supported by the sample (p90 "
                      "needs 64 iterations, p99 662).</small></p>")
     parts.append(f"<h2>plots ({e(mode)} mode)</h2>")
-    for name in PLOTS:
+    for name in names:
         parts.append(f"<p><img src='{name}' alt='{name}'></p>")
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def _status(r: dict) -> str:
+    if r["status"] != "ok":
+        return f"failed: {r['error']}"
+    lg = r.get("loadgen")
+    if lg:
+        why = f" ({'; '.join(lg.get('reasons') or [])})" if lg.get("reasons") else ""
+        return f"{r['scenario']}: {lg['validity']}{why}"
+    if r.get("search"):
+        best = r["search"].get("best_qps")
+        return f"search: best {best:.4g} QPS" if best else "search: budget not met"
+    return "ok"
 
 
 def _n(v) -> str:

@@ -16,7 +16,7 @@ def summary_rows(run) -> list[dict]:
         return (c.scenario, c.batch_size, c.mode, c.hostname)
 
     eager = {group(c): c.stats["throughput"] for c in run.cells
-             if c.variant == "eager" and c.ok and c.stats}
+             if c.variant == "eager" and c.ok and c.stats and c.stats.get("throughput")}
     rows = []
     for c in run.cells:
         st = c.stats or {}
@@ -37,6 +37,8 @@ def summary_rows(run) -> list[dict]:
             "parity_top1_agreement": par.get("top1_agreement"),
             "parity_cosine_min": par.get("cosine_similarity_min"),
             "accuracy": c.accuracy,
+            "loadgen": c.loadgen, "search": c.search,
+            "instances": c.scenario_settings.get("instances"),
         })
     order = {"model": 0, "e2e": 1}
     rows.sort(key=lambda r: (r["scenario"], order.get(r["mode"], 9), r["batch_size"],
@@ -73,7 +75,12 @@ def summary_table(run) -> Group:
     for name, just in cols:
         t.add_column(name, justify=just, no_wrap=True)
     notes: list[Text] = []
-    for r in summary_rows(run):
+    rows = summary_rows(run)
+    served = [r for r in rows if r["loadgen"] is not None or r["search"] is not None
+              or (r["status"] != "ok" and r["scenario"] not in ("closed-loop", "eval"))]
+    for r in rows:
+        if any(r is x for x in served):
+            continue
         name = r["variant"]
         if len(scenarios) > 1:
             name += f" [{r['scenario']}]"
@@ -98,21 +105,122 @@ def summary_table(run) -> Group:
             Text(f"{r['cov']:.1%}", style="yellow" if r["noisy"] else "")
             if r["cov"] is not None else "-", str(r["n"] or "-"),
         )
+    tables = [t] if len(served) < len(rows) else []
+    if served:
+        tables.append(loadgen_table(served))
     foot = [Text("±95%: half-width of the bootstrap 95% interval, relative to the value. "
                  f"p90/p99 'n/s': not supported by the sample (p90 needs {min_samples(90)} "
                  f"iterations, p99 {min_samples(99)}). CoV in yellow: noisy (> 10%). Parity: "
-                 "logits against eager fp32 on the CPU, same inputs.", style="dim")]
+                 "logits against eager fp32 on the CPU, same inputs.", style="dim")
+            ] if len(served) < len(rows) else []
     if m.get("random_weights"):
         foot.append(Text(f"Weights: {m.get('weights_description')} - latency is real, "
                          "accuracy would not be.", style="yellow"))
     for s in data.get("skipped", []):
         foot.append(Text(f"skipped {s['variant']}: {s['reason']}", style="dim"))
+    foot.extend(loadgen_notes(run))
     for w in run.load_warnings:
         foot.append(Text(f"warning: {w}", style="yellow"))
     if data.get("migrated_from"):
         foot.append(Text(f"read from a schema-version-{data['migrated_from']} run file "
                          "(migrated in memory; the files are unchanged)", style="dim"))
-    return Group(t, *notes, *foot)
+    return Group(*tables, *notes, *foot)
+
+
+def _verdict_text(lg: dict | None) -> Text:
+    if not lg:
+        return Text("-")
+    ok = lg.get("validity") == "VALID"
+    return Text(lg.get("validity", "?"), style="green" if ok else "red bold")
+
+
+def loadgen_table(rows: list[dict]) -> Table:
+    """LoadGen scenario cells: every figure with its verdict, INVALID never without why."""
+    t = Table(title="LoadGen scenarios (LoadGen's own figures and verdicts; latencies per "
+              "sample, multi-stream per query)", title_justify="left")
+    for col in ("scenario", "variant", "max batch", "inst", "verdict", "target QPS",
+                "samples/s", "p50 ms", "p90 ms", "p99 ms", "queries", "run"):
+        t.add_column(col, no_wrap=True, justify="left" if col in ("scenario", "variant",
+                                                                   "verdict") else "right")
+    for r in rows:
+        lg = r["loadgen"] or {}
+        if r["status"] != "ok":
+            t.add_row(r["scenario"], r["variant"], str(r["batch_size"]),
+                      str(r["instances"] or 1), Text("failed", style="red"),
+                      *[""] * 7)
+            continue
+        t.add_row(
+            r["scenario"], r["variant"], str(r["batch_size"]), str(r["instances"] or 1),
+            _verdict_text(lg), _num(lg.get("target_qps")), _num(r["throughput"]),
+            _ms(r["p50_ms"]), _ms(r["p90_ms"]), _ms(r["p99_ms"]),
+            str(lg.get("query_count") or "-"),
+            "official" if lg and not lg.get("short_run") else
+            f"short ({(lg.get('duration_ms') or 0) / 1e3:g} s)")
+    return t
+
+
+def _num(v) -> str:
+    return "-" if v is None else f"{v:.4g}"
+
+
+def loadgen_notes(run) -> list[Text]:
+    """One line per LoadGen cell that says why it is INVALID, or what a VALID one met."""
+    out = []
+    for c in run.cells:
+        lg = c.loadgen
+        if not lg:
+            continue
+        where = f"{c.scenario} {c.variant} max batch {c.batch_size}"
+        if lg.get("validity") != "VALID":
+            out.append(Text(f"{where}: INVALID: {'; '.join(lg.get('reasons') or [])}",
+                            style="red"))
+        elif lg.get("percentile_latency_ms") is not None:
+            out.append(Text(f"{where}: VALID: p{lg['percentile']:g} "
+                            f"{lg['percentile_latency_ms']:.3g} ms within "
+                            f"{lg['latency_budget_ms']:g} ms at {lg['target_qps']:g} QPS",
+                            style="green"))
+        if lg.get("batch_sizes"):
+            sizes = ", ".join(f"{k}: {n}" for k, n in lg["batch_sizes"].items())
+            out.append(Text(f"{where}: batches served by size {{{sizes}}}; logs "
+                            f"{', '.join(lg.get('logs', {}).values())}", style="dim"))
+    return out
+
+
+def search_table(run) -> Group:
+    """`densebench search`: the best VALID QPS per combination, and the best overall."""
+    cfg = run.data.get("config", {})
+    t = Table(title=f"highest Server QPS with p{cfg.get('percentile', 99):g} <= "
+              f"{cfg.get('latency_budget_ms', 0):g} ms - run {run.id}", title_justify="left")
+    for col in ("variant", "max batch", "inst", "threads", "best QPS", "p-lat ms",
+                "lowest INVALID", "probes", "stopped"):
+        t.add_column(col, no_wrap=col != "stopped",
+                     justify="left" if col in ("variant", "stopped") else "right")
+    for c in run.cells:
+        s = c.search or {}
+        if not c.ok:
+            t.add_row(c.variant, str(c.batch_size), str(c.scenario_settings.get("instances")),
+                      str(c.threads), Text("failed", style="red"), "", "", "",
+                      Text(c.error or "", style="red"))
+            continue
+        best = s.get("best_qps")
+        t.add_row(c.variant, str(c.batch_size), str(c.scenario_settings.get("instances")),
+                  str(c.threads), Text(_num(best), style="bold") if best else
+                  Text("none", style="red"),
+                  _ms((c.loadgen or {}).get("percentile_latency_ms")) if best else "-",
+                  _num(s.get("lowest_invalid_qps")), str(len(s.get("probes", []))),
+                  s.get("stopped", ""))
+    foot = [Text("best QPS: the highest offered QPS whose LoadGen Server run was VALID "
+                 "(bracketing, then bisection to the stated precision); every probe is in "
+                 "probes.jsonl.", style="dim")]
+    best = run.data.get("best")
+    if best:
+        foot.append(Text(f"best: {best['variant']}, max batch {best['max_batch']}, "
+                         f"{best['instances']} instance(s) x {best['threads_per_instance']} "
+                         f"thread(s): {best['qps']:.4g} QPS", style="bold green"))
+        foot.append(Text(f"reproduce: {best['command']}"))
+    elif run.status == "complete":
+        foot.append(Text("no combination met the budget", style="bold red"))
+    return Group(t, *foot)
 
 
 def runs_table(records) -> Table:

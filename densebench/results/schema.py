@@ -7,7 +7,9 @@ Schema history (``schema_version`` in ``run.json``):
 - **2**: a cell is a ``Cell`` whose key names everything that identifies it (model,
   variant, batch size, mode, device, scenario, host) and carries its scenario settings.
   Cells live in ``cells.jsonl``, one per line, appended as they finish, so storing a run
-  of many cells costs time linear in its cells; ``run.json`` holds the rest.
+  of many cells costs time linear in its cells; ``run.json`` holds the rest. LoadGen
+  scenario cells carry LoadGen's verdict and figures (``loadgen``), search cells their
+  probes (``search``).
 
 Older versions are read through ``MIGRATIONS`` (named, ordered, applied in memory; the
 files on disk are never rewritten). A version newer than ``SCHEMA_VERSION`` is refused.
@@ -59,6 +61,8 @@ class Cell:
     gpu_utilization_pct: float | None = None
     options: dict = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    loadgen: dict | None = None  # LoadGen scenarios: verdict, reasons, figures, log files
+    search: dict | None = None  # `search` cells: the probes and the best VALID QPS
     extra: dict = field(default_factory=dict)  # fields this version does not know, kept
 
     @property

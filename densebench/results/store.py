@@ -41,7 +41,8 @@ CSV_COLUMNS = ORIGINAL_COLUMNS + [
     "stdev_ms", "cov", "min_ms", "p50_ms", "p90_ms", "p95_ms", "p99_ms", "max_ms",
     "p50_ci_low_ms", "p50_ci_high_ms", "throughput_ci_low", "throughput_ci_high", "noisy",
     "parity_max_abs_error", "parity_cosine_min", "parity_top1_agreement",
-    "first_iteration_s", "threads",
+    "first_iteration_s", "threads", "validity", "invalid_reasons", "target_qps",
+    "completed_qps", "instances", "search_best_qps",
 ]
 
 
@@ -89,6 +90,30 @@ class RunRecord:
         except OSError as e:
             raise StoreError(f"cannot write run {self.path}: {e.strerror or e}") from e
         self.bytes_written += len(line)
+
+    def append_record(self, filename: str, record: dict) -> None:
+        """Append ``record`` as one JSON line to ``filename`` in the run (search probes)."""
+        line = json.dumps(record, default=_json_default) + "\n"
+        try:
+            with open(self.path / filename, "a") as f:
+                f.write(line)
+        except OSError as e:
+            raise StoreError(f"cannot write run {self.path}: {e.strerror or e}") from e
+        self.bytes_written += len(line)
+
+    def records(self, filename: str) -> list[dict]:
+        """The JSON lines of ``filename`` (a damaged line is skipped)."""
+        try:
+            lines = (self.path / filename).read_text().splitlines()
+        except OSError:
+            return []
+        out = []
+        for line in lines:
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue
+        return out
 
     def save(self) -> None:
         """Write run.json (the header) atomically: temporary file, then rename."""
@@ -269,6 +294,7 @@ def csv_row(c: Cell, run: dict) -> dict:
     st = c.stats or {}
     par = c.parity or {}
     acc = c.accuracy or {}
+    lg = c.loadgen or {}
     p50_ci = st.get("p50_ci_ms") or [None, None]
     tp_ci = st.get("throughput_ci") or [None, None]
     return {
@@ -305,6 +331,12 @@ def csv_row(c: Cell, run: dict) -> dict:
         "parity_top1_agreement": par.get("top1_agreement"),
         "first_iteration_s": c.first_iteration_s,
         "threads": c.threads,
+        "validity": lg.get("validity"),
+        "invalid_reasons": "; ".join(lg.get("reasons") or []) or None,
+        "target_qps": lg.get("target_qps"),
+        "completed_qps": lg.get("completed_samples_per_sec"),
+        "instances": c.scenario_settings.get("instances"),
+        "search_best_qps": (c.search or {}).get("best_qps"),
     }
 
 
@@ -332,8 +364,9 @@ def write_tensorboard(rec: RunRecord) -> None:
             st, tag = c.stats, f"{c.variant}/{c.mode}"
             if c.scenario not in ("closed-loop", "eval"):
                 tag += f"/{c.scenario}"
-            w.add_scalar(f"throughput_img_s/{tag}", st["throughput"], c.batch_size)
-            w.add_scalar(f"latency_p50_ms/{tag}", st["p50_ms"], c.batch_size)
+            for name, key in (("throughput_img_s", "throughput"), ("latency_p50_ms", "p50_ms")):
+                if st.get(key) is not None:  # LoadGen's accuracy mode times nothing
+                    w.add_scalar(f"{name}/{tag}", st[key], c.batch_size)
             if c.parity:
                 w.add_scalar(f"parity_max_abs_error/{tag}", c.parity["max_abs_error"],
                              c.batch_size)

@@ -2,13 +2,15 @@
 
 A scenario is a class with a class-level ``NAME``, registered by ``@register_scenario``.
 ``settings(config)`` picks the settings it records on every cell from a run's config;
-``run(prepared, cells, settings, emit)`` measures the planned cells (``results.Cell``,
-their keys already filled) on the prepared session and emits one ``cell`` event per cell,
-plus ``phase`` and ``progress`` events, all plain data. It never prints, stores or
-decides where it runs: the executor and the run do that.
+``run(prepared, cells, settings, emit, workdir)`` measures the planned cells
+(``results.Cell``, their keys already filled) on the prepared session and emits one
+``cell`` event per cell, plus ``phase`` and ``progress`` events, all plain data; files it
+keeps (LoadGen's logs) go under ``workdir`` (the run directory) and cells name them
+relative to it. It never prints or decides where it runs: the executor and the run do.
 
-Built in: ``closed-loop`` (back-to-back batches, the default). Others plug in beside it as
-modules of this package (or plugins), without touching it.
+Built in: ``closed-loop`` (back-to-back batches, the default) and LoadGen's four
+(``loadgen.py``: single-stream, multi-stream, server, offline). Others plug in beside them
+as modules of this package (or plugins), without touching them.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ class Scenario:
         """What of ``config`` (a ``RunConfig``) this scenario uses, recorded per cell."""
         return {}
 
-    def run(self, prepared, cells: list, settings: dict, emit: Emit) -> None:
+    def run(self, prepared, cells: list, settings: dict, emit: Emit, workdir) -> None:
         raise NotImplementedError
 
 

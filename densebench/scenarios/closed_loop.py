@@ -41,7 +41,8 @@ class ClosedLoop(Scenario):
                 "min_time": config.min_time, "iters": config.iters,
                 "max_time": config.max_time}
 
-    def run(self, prepared, cells: list[Cell], settings: dict, emit: Emit) -> None:
+    def run(self, prepared, cells: list[Cell], settings: dict, emit: Emit, workdir=None
+            ) -> None:
         import torch
 
         from densebench.environment import process_cpu_seconds
