@@ -5,6 +5,10 @@
    alternate several times so that drift of a noisy machine hits both alike.
 2. The best variant's throughput over eager fp32 at batch 16 (target: at least 4x).
 3. Seconds from `densebench run` start to the first timed iteration, with a warm cache.
+4. LoadGen's overhead: offline samples/s at batch 16 against closed-loop throughput at
+   batch 16, same variant, same process, alternating rounds (target: within 5%).
+5. `densebench search` itself: the highest Server QPS with p99 <= 100 ms for the best CPU
+   variants, the command that reproduces it, and how long the search took.
 
 Writes the figures, with the command that produced them, to docs/performance.md.
 """
@@ -90,6 +94,53 @@ def best_over_eager(variants: list[str], min_time: float, rounds: int) -> dict:
             "per_round": per_round, "failed": failed}
 
 
+def loadgen_overhead(variant: str, rounds: int, seconds: float) -> dict:
+    """Offline (LoadGen, dynamic batcher of 16) against closed-loop batches of 16, one
+    prepared session, alternating rounds; the ratio is of per-round medians."""
+    import mlperf_loadgen as lg
+
+    from densebench.measure.engine import StopRule, time_calls
+    from densebench.measure.stats import summarize
+    from densebench.prepare import ModelRef, prepare_variant
+    from densebench.scenarios.loadgen import Offline, SampleLibrary, warm_up
+    from densebench.variants import get_variant
+
+    prepared = prepare_variant(get_variant(variant), ModelRef("densenet121"), "cpu",
+                               torch.get_num_threads())
+    library = SampleLibrary.build(prepared, 64, None)
+    timing = warm_up([prepared.session], library, 16)
+    x = library.images[:16]
+    offline, closed = [], []
+    out = Path(tempfile.mkdtemp(prefix="densebench-perf-loadgen-"))
+    settings = {"samples": 64, "max_batch": 16, "batch_timeout_ms": 2.0, "instances": 1,
+                "duration_ms": int(seconds * 1000), "min_query_count": None,
+                "official": False, "accuracy": False, "data": None, "expected_qps": None}
+    for i in range(rounds):
+        samples = time_calls(prepared.session.e2e, x, timer="host", device="cpu",
+                             stop=StopRule(min_iters=3, min_time=seconds))
+        closed.append(summarize(samples, 16)["throughput"])
+        detail, batcher, _ = Offline().run_loadgen(lg, [prepared.session], library, settings,
+                                                   timing, out / f"round{i}")
+        offline.append(float(detail["result_samples_per_second"]))
+    ratio = statistics.median(o / c for o, c in zip(offline, closed, strict=True))
+    return {"variant": variant, "offline": offline, "closed": closed, "ratio": ratio,
+            "rounds": rounds, "seconds": seconds,
+            "validity": detail.get("result_validity")}
+
+
+def latency_search(variants: str, max_batch: str, budget: str, max_time: str) -> dict:
+    """`densebench search` as a user runs it; its own stored answer."""
+    cmd = [sys.executable, "-m", "densebench", "search", "--model", "densenet121",
+           "--device", "cpu", "-v", variants, "--max-batch", max_batch, "--latency-budget",
+           budget, "--percentile", "99", "--max-time", max_time, "--json"]
+    t0 = time.perf_counter()
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    took = time.perf_counter() - t0
+    res = json.loads(out)
+    return {"command": "densebench " + " ".join(cmd[3:-1]), "seconds": took,
+            "best": res["best"], "combinations": res["combinations"], "run": res["run"]}
+
+
 def time_to_first_iteration(repeats: int) -> dict:
     cmd = [sys.executable, "-m", "densebench", "run", "--model", "densenet121", "--variant",
            "onnxruntime", "--batch-size", "1", "--iters", "1", "--warmup", "1", "--mode",
@@ -112,27 +163,40 @@ def main() -> None:
     ap.add_argument("--best-rounds", type=int, default=3)
     ap.add_argument("--variants", default="eager,channels-last,amp-bf16,compile-bf16,"
                                           "onnxruntime,onnxruntime-int8")
+    ap.add_argument("--loadgen-variant", default="onnxruntime")
+    ap.add_argument("--loadgen-rounds", type=int, default=3)
+    ap.add_argument("--search-variants", default="onnxruntime,onnxruntime-int8")
+    ap.add_argument("--search-max-batch", default="1,4")
+    ap.add_argument("--search-max-time", default="20m")
     ap.add_argument("--out", default=str(REPO / "docs" / "performance.md"))
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="densebench-perf-"))
     os.environ.setdefault("DENSEBENCH_ARTIFACTS", str(REPO / "artifacts"))
     os.environ["DENSEBENCH_RUNS"] = str(work / "runs")
 
-    print("1/3 harness overhead (eager densenet121, batch 1) ...", flush=True)
+    print("1/5 harness overhead (eager densenet121, batch 1) ...", flush=True)
     ov = harness_overhead(args.rounds, args.iters)
     print(f"    densebench p50 {ov['densebench_p50_ms']:.2f} ms, bare loop "
           f"{ov['bare_p50_ms']:.2f} ms: ratio {ov['ratio']:.4f} (target within 2%)", flush=True)
-    print("2/3 best variant over eager fp32 at batch 16 ...", flush=True)
+    print("2/5 best variant over eager fp32 at batch 16 ...", flush=True)
     best = best_over_eager(args.variants.split(","), args.min_time, args.best_rounds)
     print(f"    {best['best']} {best['best_img_s']:.1f} img/s vs eager {best['eager_img_s']:.1f}: "
           f"{best['ratio']:.2f}x (target at least 4x)", flush=True)
-    print("3/3 run start to first timed iteration (warm cache) ...", flush=True)
+    print("3/5 run start to first timed iteration (warm cache) ...", flush=True)
     ttfi = time_to_first_iteration(3)
     print(f"    {ttfi['seconds']:.2f} s (median of {len(ttfi['all'])})", flush=True)
-    write_doc(Path(args.out), ov, best, ttfi, " ".join(sys.argv))
+    print("4/5 LoadGen offline against closed-loop, batch 16 ...", flush=True)
+    lgo = loadgen_overhead(args.loadgen_variant, args.loadgen_rounds, 5.0)
+    print(f"    offline/closed-loop {lgo['ratio']:.4f} (target within 5%)", flush=True)
+    print("5/5 densebench search, p99 <= 100 ms ...", flush=True)
+    srch = latency_search(args.search_variants, args.search_max_batch, "100ms",
+                          args.search_max_time)
+    print(f"    {srch['best']} in {srch['seconds']:.0f} s", flush=True)
+    write_doc(Path(args.out), ov, best, ttfi, " ".join(sys.argv), lgo, srch)
 
 
-def write_doc(path: Path, ov: dict, best: dict, ttfi: dict, argv: str) -> None:
+def write_doc(path: Path, ov: dict, best: dict, ttfi: dict, argv: str, lgo: dict,
+              srch: dict) -> None:
     from densebench.environment import fingerprint
 
     env = fingerprint()
@@ -181,9 +245,62 @@ Best: **{best['best']}, {best['ratio']:.2f}x** eager fp32 (target: at least 4x,
 `{ttfi['command']}`: **{ttfi['seconds']:.2f} s** (median of {len(ttfi['all'])}:
 {', '.join(f'{t:.2f}' for t in ttfi['all'])}), from process start (Python and torch
 imports included) to the first timed iteration, the isolated worker's start included.
+
+## 4. LoadGen's overhead: offline against closed-loop, batch 16
+
+{lgo['variant']}, one prepared session: closed-loop batches of 16 (end to end, {lgo['seconds']:g} s)
+and a LoadGen Offline run with the dynamic batcher's max batch 16 ({lgo['seconds']:g} s),
+alternating, {lgo['rounds']} rounds.
+
+| round | closed-loop img/s | offline samples/s | offline / closed-loop |
+|---|---|---|---|
+{_rounds(lgo)}
+
+Median ratio: **{lgo['ratio']:.4f}** (target: within 5%, {_met(abs(lgo['ratio'] - 1) <= 0.05)}).
+
+## 5. The latency-budget search: p99 <= 100 ms
+
+`{srch['command']}` took **{srch['seconds'] / 60:.1f} min**.
+
+| variant | max batch | inst | best VALID QPS | p99 ms | lowest INVALID | probes | stopped |
+|---|---|---|---|---|---|---|---|
+{_combos(srch)}
+
+{_best(srch)}
 """
     path.write_text(text + ("\n" + "\n".join(keep) + "\n" if keep else ""))
     print(f"wrote {path}")
+
+
+def _rounds(lgo: dict) -> str:
+    return "\n".join(f"| {i + 1} | {c:.1f} | {o:.1f} | {o / c:.4f} |" for i, (c, o) in
+                     enumerate(zip(lgo["closed"], lgo["offline"], strict=True)))
+
+
+def _combos(srch: dict) -> str:
+    def num(v):
+        return f"{v:.3g}" if v else "-"
+
+    rows = []
+    for c in srch["combinations"]:
+        s = c.get("search") or {}
+        best = s.get("best_qps")
+        probes = s.get("probes", [])
+        at_best = [p["percentile_latency_ms"] for p in probes if best and p["qps"] == best]
+        rows.append(f"| {c['variant']} | {c['max_batch']} | {c['instances']} | "
+                    f"{num(best) if best else 'none'} | {num(at_best[0] if at_best else None)} | "
+                    f"{num(s.get('lowest_invalid_qps'))} | {len(probes)} | "
+                    f"{s.get('stopped', c.get('error'))} |")
+    return "\n".join(rows)
+
+
+def _best(srch: dict) -> str:
+    b = srch["best"]
+    if not b:
+        return "No combination met the budget."
+    return (f"Best: **{b['variant']}, max batch {b['max_batch']}, {b['instances']} instance(s): "
+            f"{b['qps']:.3g} QPS** with p99 within 100 ms. Reproduce it:\n\n"
+            f"    {b['command']}")
 
 
 def _met(ok: bool) -> str:
