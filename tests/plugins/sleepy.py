@@ -83,7 +83,7 @@ class OneCall(Scenario):
     NAME = "one-call"
     DESCRIPTION = "test scenario: one timed end-to-end call per cell"
 
-    def run(self, prepared, cells, settings, emit):
+    def run(self, prepared, cells, settings, emit, workdir=None):
         for planned in cells:
             x = fixed_input(planned.batch_size, prepared.image_size)
             t0 = time.perf_counter_ns()
