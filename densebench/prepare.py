@@ -70,8 +70,13 @@ def prepare_variant(variant: Variant, ref: ModelRef, device: str, threads: int, 
     from densebench.exporters import export_artifact
     from densebench.models import check_image_size, load_model
 
+    from densebench.errors import VariantError
+
     say = phase or (lambda name: None)
     backend = get_backend(variant.backend)
+    why = backend.supported(variant, device)
+    if why is not None:  # never a quietly different experiment
+        raise VariantError(why)
     torch.set_num_threads(threads)
     cold: dict = {}
     if loaded is None:
