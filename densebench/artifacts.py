@@ -213,7 +213,28 @@ def _read_manifest(path: Path) -> dict:
             f"artifact {path.name}: manifest schema {m.get('schema')!r} is not "
             f"{MANIFEST_SCHEMA}; remove it with `densebench artifacts rm {path.name}`"
         )
+    names = list((m.get("files") or {}).keys()) + [m.get("main")]
+    for name in names:
+        if not _inside(path, name):
+            raise CorruptArtifactError(
+                f"artifact {path.name}: its manifest names {name!r}, which is not a file "
+                f"inside the entry (corrupt or tampered); remove it with "
+                f"`densebench artifacts rm {path.name}`"
+            )
     return m
+
+
+def _inside(entry: Path, name) -> bool:
+    """``name`` is a relative path that resolves inside ``entry`` (no ``..``, no absolute
+    path, no symlink out)."""
+    if not isinstance(name, str) or not name or Path(name).is_absolute():
+        return False
+    root = entry.resolve()
+    try:
+        (entry / name).resolve().relative_to(root)
+    except ValueError:
+        return False
+    return True
 
 
 class ArtifactCache:
@@ -250,9 +271,9 @@ class ArtifactCache:
                 continue
             try:
                 out.append(Artifact(d, _read_manifest(d)))
-            except CorruptArtifactError:
-                out.append(Artifact(d, {"key": d.name, "fields": {}, "files": {}, "corrupt": True,
-                                        "main": ""}))
+            except CorruptArtifactError as e:  # listed, with what is wrong
+                out.append(Artifact(d, {"key": d.name, "fields": {}, "files": {},
+                                        "corrupt": str(e), "main": ""}))
         return out
 
     def find(self, key: str) -> Artifact:

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from densebench.errors import ConfigError, StoreError
-from densebench.measure.stats import bootstrap
+from densebench.measure.stats import bootstrap, bootstrap_processes
 
 METRICS = ("p50", "p90", "p99", "throughput")
 _PCT = {"p50": 50, "p90": 90, "p99": 99}
@@ -81,6 +81,13 @@ def ratio_interval(base: np.ndarray, cand: np.ndarray, metric: str, batch: int, 
     """95% percentile-bootstrap interval of stat(cand) / stat(base), resampling each run."""
     return bootstrap([base, cand], lambda b, c: _stat(c, metric, batch, axis=1)
                      / _stat(b, metric, batch, axis=1), resamples=resamples, seed=seed)
+
+
+def process_ratio_interval(base: list, cand: list, metric: str, batch: int
+                           ) -> tuple[float, float] | None:
+    """The same ratio, resampling each run's worker processes, then their iterations."""
+    return bootstrap_processes([base, cand], lambda b, c: _stat(c, metric, batch, axis=1)
+                               / _stat(b, metric, batch, axis=1))
 
 
 def _verdict(metric: str, ratio: float, ci, threshold: float) -> str:
@@ -148,8 +155,11 @@ def compare_runs(runs: list, metric: str = "p50", threshold: float = 0.05) -> Co
         raise ConfigError(f"--threshold must be between 0 and 1 (0.05 is 5%), got {threshold}")
     if len(runs) < 2:
         raise ConfigError("compare needs at least two runs: a baseline and a candidate")
+    from densebench.results.repeats import merged
+
     base_run = runs[0]
-    base_cells = {_key(c): c for c in base_run.cells if _comparable(c)}
+    base_cells = {_key(c): c for c in merged(base_run.cells) if _comparable(c)}
+    single = set()  # runs whose cells come from one worker process each
     cells: list[CellComparison] = []
     unmatched: list[dict] = []
     matched_base: set = set()
@@ -157,7 +167,7 @@ def compare_runs(runs: list, metric: str = "p50", threshold: float = 0.05) -> Co
     settings_warnings: list[str] = []
     for run in runs[1:]:
         logs = []
-        for c in run.cells:
+        for c in merged(run.cells):
             if not _comparable(c):
                 continue
             k = _key(c)
@@ -176,7 +186,13 @@ def compare_runs(runs: list, metric: str = "p50", threshold: float = 0.05) -> Co
                 bv, cv, ratio = values[metric]
                 ci = None
                 if not served:
-                    ci = ratio_interval(bx, cx, metric, bs)
+                    bp, cp = b.process_samples or [], c.process_samples or []
+                    if len(bp) > 1 and len(cp) > 1:
+                        ci = process_ratio_interval(bp, cp, metric, bs)
+                    else:
+                        ci = ratio_interval(bx, cx, metric, bs)
+                        single |= {r for r, ps in ((base_run.id, bp), (run.id, cp))
+                                   if len(ps) < 2}
                 elif metric != "throughput" and len(bx) > 1 and len(cx) > 1:
                     sut = float(_stat(cx, metric, 1) / _stat(bx, metric, 1))
                     raw = ratio_interval(bx, cx, metric, 1)
@@ -187,6 +203,12 @@ def compare_runs(runs: list, metric: str = "p50", threshold: float = 0.05) -> Co
                 bv = cv = ratio = None
                 ci = None
                 verdict = "not comparable"
+            for which, cell, rid in (("baseline", b, base_run.id), ("candidate", c, run.id)):
+                if cell.busy:
+                    settings_warnings.append(
+                        f"{c.variant} batch {bs} {c.mode}: the {which} ({rid}) was measured on "
+                        f"a busy host (others used {cell.host_load.get('others_cores')} "
+                        "cores): its numbers include that contention")
             differ = _settings_differ(b, c) if served else ""
             if differ:
                 settings_warnings.append(
@@ -210,6 +232,10 @@ def compare_runs(runs: list, metric: str = "p50", threshold: float = 0.05) -> Co
             "the runs have no cell in common (matched by model, variant, batch size, mode, "
             "device and scenario): nothing to compare"
         )
+    for rid in sorted(single):
+        settings_warnings.append(
+            f"run {rid} measured each cell in one worker process: its intervals know only the "
+            "noise between iterations, not between runs (measure with --repeats 3)")
     return Comparison(
         baseline=base_run.id, runs=[r.id for r in runs[1:]], metric=metric,
         threshold=threshold, cells=cells, unmatched=unmatched,

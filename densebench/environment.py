@@ -35,6 +35,58 @@ def process_cpu_seconds() -> float:
     return t.user + t.system
 
 
+BUSY_OTHERS_CORES = 0.25  # other processes' average use, in cores, that makes a host busy
+BUSY_STEAL = 0.10  # share of CPU time the hypervisor gave to other guests
+
+
+class HostLoad:
+    """What the rest of the machine did while a cell was measured: the CPU time other
+    processes used (the host's busy time less this process's own), hypervisor steal, and
+    the load average. ``busy`` when others used a quarter of a core or more on average,
+    or steal took a tenth of the time: the cell then measured contention too."""
+
+    def __init__(self):
+        self.ps = _psutil()
+        self.t0 = self.own0 = self.cpu0 = None
+
+    @staticmethod
+    def _busy(times) -> tuple[float, float]:
+        idle = getattr(times, "idle", 0.0) + getattr(times, "iowait", 0.0)
+        total = sum(times)
+        steal = getattr(times, "steal", 0.0)
+        return total - idle - steal, steal
+
+    def start(self) -> HostLoad:
+        import time
+
+        if self.ps is not None:
+            self.cpu0 = self.ps.cpu_times()
+        self.own0 = process_cpu_seconds()
+        self.t0 = time.perf_counter()
+        return self
+
+    def stop(self) -> dict | None:
+        import time
+
+        if self.ps is None or self.cpu0 is None:
+            return None
+        wall = time.perf_counter() - self.t0
+        own = process_cpu_seconds() - self.own0
+        cpu1 = self.ps.cpu_times()
+        busy0, steal0 = self._busy(self.cpu0)
+        busy1, steal1 = self._busy(cpu1)
+        total = sum(cpu1) - sum(self.cpu0)
+        others = max(0.0, (busy1 - busy0) - own) / wall if wall > 0 else 0.0
+        steal = (steal1 - steal0) / total if total > 0 else 0.0
+        try:
+            load1 = os.getloadavg()[0]
+        except OSError:
+            load1 = None
+        return {"others_cores": round(others, 3), "steal_share": round(steal, 4),
+                "loadavg_1m": load1, "cores": os.cpu_count(),
+                "busy": others >= BUSY_OTHERS_CORES or steal >= BUSY_STEAL}
+
+
 @functools.lru_cache(maxsize=1)
 def cpu_info() -> dict:
     ps = _psutil()

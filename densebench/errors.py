@@ -35,10 +35,30 @@ def bad_setting(setting: str, problem: str) -> ConfigError:
     return ConfigError(f"{setting} {problem}", setting=setting)
 
 
+MAX_THREADS = 1024  # beyond this, runtimes abort (cuDNN symbol loading, OpenMP) or hang
+
+
 def check_threads(threads: int | None) -> None:
-    """Thread counts: None (the runtime's default) or at least 1."""
+    """Thread counts: None (the runtime's default) or 1 to MAX_THREADS. More threads than
+    logical cores is allowed but warned about (``threads_warning``)."""
     if threads is not None and (not isinstance(threads, int) or threads < 1):
         raise bad_setting("threads", f"must be at least 1, got {threads}")
+    if threads is not None and threads > MAX_THREADS:
+        import os
+
+        raise bad_setting("threads", f"{threads} is more than densebench allows "
+                          f"({MAX_THREADS}); this machine has {os.cpu_count()} logical cores")
+
+
+def threads_warning(threads: int | None) -> str | None:
+    """A warning when ``threads`` oversubscribes the logical cores."""
+    import os
+
+    cores = os.cpu_count() or 1
+    if threads is not None and threads > cores:
+        return (f"threads {threads} is more than the {cores} logical cores here: the runtime "
+                "will oversubscribe them and the numbers measure contention")
+    return None
 
 
 class ModelError(ConfigError):
@@ -74,9 +94,32 @@ class StoreError(DensebenchError):
 
 
 class RunInterrupted(DensebenchError):
-    """Ctrl-C during a run: finished cells are kept and the run is marked incomplete."""
+    """Ctrl-C (or SIGTERM, SIGHUP) during a run: finished cells are kept and the run is
+    marked incomplete. Exits 128 + the signal's number, as a shell would."""
 
     exit_code = 130
+
+    def __init__(self, message: str, signum: int = 2):
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised in the main thread so they unwind like Ctrl-C."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def interrupted(e: KeyboardInterrupt, what: str) -> RunInterrupted:
+    """The RunInterrupted for ``e`` (Ctrl-C or a Terminated signal); ``what`` says what was
+    kept."""
+    import signal
+
+    signum = getattr(e, "signum", signal.SIGINT)
+    name = signal.Signals(signum).name
+    return RunInterrupted(f"interrupted ({name}): {what}", signum)
 
 
 def one_line(e: BaseException) -> str:

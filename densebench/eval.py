@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from densebench.errors import RunInterrupted, bad_setting, check_threads, one_line
+from densebench.errors import bad_setting, check_threads, interrupted, one_line
 from densebench.results.schema import Cell
 
 Emit = Callable[[dict], None]
@@ -210,9 +210,9 @@ def run_eval(cfg: EvalConfig, *, progress: Emit | None = None):
                 cell = cell.failed(one_line(e))
             rec.add_cell(cell)
             emit({"event": "cell", "cell": cell.to_dict()})
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         rec.finish("incomplete")
-        raise RunInterrupted(f"interrupted: eval run {rec.id} kept its finished variants "
-                             "and is marked incomplete") from None
+        raise interrupted(e, f"eval run {rec.id} kept its finished variants and is marked "
+                          "incomplete") from None
     rec.finish("complete")
     return rec

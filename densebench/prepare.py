@@ -67,10 +67,9 @@ def prepare_variant(variant: Variant, ref: ModelRef, device: str, threads: int, 
     the session is built write there).
     """
     from densebench.artifacts import ArtifactCache, ExportSpec
+    from densebench.errors import VariantError
     from densebench.exporters import export_artifact
     from densebench.models import check_image_size, load_model
-
-    from densebench.errors import VariantError
 
     say = phase or (lambda name: None)
     backend = get_backend(variant.backend)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from densebench.errors import DensebenchError, bad_setting, check_threads, one_line
+from densebench.errors import DensebenchError, bad_setting, check_threads, interrupted, one_line
 
 
 class ProfileError(DensebenchError):
@@ -289,9 +289,9 @@ def run_profile(cfg: ProfileConfig, *, progress: Emit | None = None):
         rec.data["profiles"].append(result)
         rec.finish("complete")
         return rec, result
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         rec.finish("incomplete")
-        raise
+        raise interrupted(e, f"profile run {rec.id} is marked incomplete") from None
     except Exception as e:
         rec.data["error"] = one_line(e)
         rec.finish("failed")

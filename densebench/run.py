@@ -15,13 +15,20 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from densebench.errors import RunInterrupted, bad_setting, check_threads, one_line
+from densebench.errors import (
+    bad_setting,
+    check_threads,
+    interrupted,
+    one_line,
+    threads_warning,
+)
 from densebench.measure.engine import MODES, StopRule, Warmup
 from densebench.prepare import ModelRef
 from densebench.results.schema import Cell
 
 Emit = Callable[[dict], None]
 MEASURE_VARIANT = "densebench.run:measure_variant"
+DEFAULT_REPEATS = 3  # worker processes per cell: enough for an interval across processes
 
 
 @dataclass
@@ -59,6 +66,8 @@ class RunConfig:
     min_queries: int | None = None
     official: bool = False
     accuracy: bool = False
+    # repetition: worker processes per cell, rounds interleaved across variants
+    repeats: int | None = None  # None: 3 for closed-loop, 1 for LoadGen (its own statistics)
     # where
     timeout: float = 1800.0
     executor: str = "subprocess"
@@ -77,17 +86,25 @@ class RunConfig:
             for b in values:
                 if not isinstance(b, int) or isinstance(b, bool) or b < 1:
                     raise bad_setting(setting, f"must be positive integers, got {b}")
+            twice = sorted({b for b in values if values.count(b) > 1})
+            if twice:
+                raise bad_setting(setting, f"names {twice[0]} more than once: each batch size "
+                                  "is one cell")
         for m in self.modes or []:
             if m not in MODES:
                 raise bad_setting("modes", f"has unknown mode {m!r}: choose from "
                                   f"{', '.join(MODES)}")
         check_threads(self.threads)
+        if self.repeats is not None and not 1 <= self.repeats <= 100:
+            raise bad_setting("repeats", f"must be between 1 and 100, got {self.repeats}")
         if not self.timeout > 0:
             raise bad_setting("timeout", f"must be positive, got {self.timeout}")
         if self.image_size is not None and self.image_size < 1:
             raise bad_setting("image_size", f"must be at least 1, got {self.image_size}")
         if not math.isfinite(self.min_time):
             raise bad_setting("min_time", f"must be a finite number, got {self.min_time}")
+        if self.max_time is not None and not math.isfinite(self.max_time):
+            raise bad_setting("max_time", f"must be a finite number, got {self.max_time}")
         Warmup.parse(self.warmup)
         self.stop_rule()
         get_scenario(self.scenario)
@@ -155,6 +172,13 @@ class RunConfig:
             return self.max_batch or [1]
         return self.batch_sizes or [1]
 
+    def effective_repeats(self) -> int:
+        from densebench.scenarios.loadgen import is_loadgen
+
+        if self.repeats is not None:
+            return self.repeats
+        return 1 if is_loadgen(self.scenario) else DEFAULT_REPEATS
+
     def cell_modes(self) -> list[str]:
         from densebench.scenarios.loadgen import is_loadgen
 
@@ -198,9 +222,10 @@ def measure_variant(payload: dict, emit: Emit) -> None:
 
 
 def plan_cells(cfg: RunConfig, variant, device: str, threads: int, settings: dict,
-               host: dict) -> list[Cell]:
+               host: dict, repeat: int = 0) -> list[Cell]:
     return [Cell(model=cfg.model, variant=variant.label, batch_size=bs, mode=mode,
                  device=device, scenario=cfg.scenario, host=host, status="planned",
+                 repeat=repeat,
                  precision=variant.precision, backend=variant.backend,
                  description=variant.description, threads=threads,
                  scenario_settings=settings)
@@ -236,6 +261,7 @@ def run_benchmark(cfg: RunConfig, *, progress: Emit | None = None, store=None):
     torch.set_num_threads(threads)
     env = fingerprint()
     env["settings"]["threads_requested"] = cfg.threads
+    warnings = [w for w in [threads_warning(cfg.threads)] if w]
     try:
         stats = model_stats(cfg.model, image_size)
         macs = {"params": stats.params, "gmacs_per_image": round(stats.gmacs, 4)}
@@ -256,10 +282,16 @@ def run_benchmark(cfg: RunConfig, *, progress: Emit | None = None, store=None):
         "skipped": skipped,
         "plan": [v.label for v in variants],
         "timeline": {"first_timed_iteration_s": None},
+        "warnings": warnings,
     })
+    for w in warnings:
+        emit({"event": "warning", "message": w})
+    repeats = cfg.effective_repeats()
+    rec.data["repeats"] = {"processes_per_cell": repeats, "interleaved": repeats > 1,
+                           "independent": cfg.executor != "inline"}
     emit({"event": "start", "run": rec.id, "path": str(rec.path), "variants": rec.data["plan"],
-          "cells": len(variants) * len(cfg.cell_batch_sizes()) * len(cfg.cell_modes()),
-          "skipped": skipped})
+          "cells": len(variants) * len(cfg.cell_batch_sizes()) * len(cfg.cell_modes())
+          * repeats, "skipped": skipped, "repeats": repeats})
     config = asdict(cfg)
     settings = get_scenario(cfg.scenario).settings(cfg)
     if is_loadgen(cfg.scenario):
@@ -289,19 +321,20 @@ def run_benchmark(cfg: RunConfig, *, progress: Emit | None = None, store=None):
         emit(ev)
 
     try:
-        for v in variants:
-            cells = [c.to_dict() for c in plan_cells(cfg, v, device, threads, settings, host)]
-            job = Job(name=v.label, target=MEASURE_VARIANT, cells=cells, timeout=cfg.timeout,
+        # rounds interleaved across variants (A B C, A B C, ...): drift falls on all alike
+        for v, r in [(v, r) for r in range(repeats) for v in variants]:
+            cells = [c.to_dict() for c in plan_cells(cfg, v, device, threads, settings, host,
+                                                     repeat=r)]
+            name = v.label if repeats == 1 else f"{v.label}.{r + 1}"
+            job = Job(name=name, target=MEASURE_VARIANT, cells=cells, timeout=cfg.timeout,
                       payload={"config": config, "variant": v.label, "device": device,
                                "threads": threads, "settings": settings, "cells": cells,
                                "run_dir": str(rec.path)})
             executor.run(job, on_event)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         rec.finish("incomplete")
-        raise RunInterrupted(
-            f"interrupted: run {rec.id} kept its {sum(c.ok for c in rec.cells)} "
-            f"finished cells and is marked incomplete ({rec.path})"
-        ) from None
+        raise interrupted(e, f"run {rec.id} kept its {sum(c.ok for c in rec.cells)} "
+                          f"finished cells and is marked incomplete ({rec.path})") from None
     rec.finish("complete")
     emit({"event": "end", "run": rec.id})
     return rec

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from densebench.errors import RunInterrupted, bad_setting, check_threads, one_line
+from densebench.errors import bad_setting, check_threads, interrupted, one_line
 from densebench.prepare import ModelRef
 from densebench.results.schema import Cell
 
@@ -316,10 +316,10 @@ def run_search(cfg: SearchConfig, *, progress: Emit | None = None, store=None):
                                       "threads": threads, "max_batch": b, "instances": n,
                                       "cells": cells, "deadline": deadline,
                                       "run_dir": str(rec.path)}), on_event)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         rec.finish("incomplete")
-        raise RunInterrupted(f"interrupted: search {rec.id} kept its finished combinations "
-                             "and every probe, and is marked incomplete") from None
+        raise interrupted(e, f"search {rec.id} kept its finished combinations and every "
+                          "probe, and is marked incomplete") from None
     rec.data["best"] = best_configuration(rec, cfg)
     rec.finish("complete")
     emit({"event": "end", "run": rec.id})

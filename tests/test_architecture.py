@@ -29,7 +29,8 @@ V1_EVAL = "20261201-011705-43d7"
 
 def _sleepy_run(**kw) -> object:
     settings = {"model": "pool-tiny", "variants": ["sleep"], "batch_sizes": [1],
-                "modes": ["model"], "warmup": "1", "iters": 3, "executor": "inline", **kw}
+                "modes": ["model"], "warmup": "1", "iters": 3, "executor": "inline",
+                "repeats": 1, **kw}
     return run_benchmark(RunConfig(**settings))
 
 
@@ -41,7 +42,7 @@ def test_a_plugin_backend_is_listed_and_runs_in_a_worker(cli, workdir):
     assert "sleep" in cli("variants").stdout
     # the default executor: a worker process, which loads the plugin from the environment
     r = cli("run", "-m", "pool-tiny", "-v", "sleep", "-b", "1,2", "--iters", "3",
-            "--warmup", "1", "--json")
+            "--warmup", "1", "--repeats", "1", "--json")
     assert r.exit_code == 0, r.stderr
     cells = json.loads(r.stdout)["cells"]
     assert [c["status"] for c in cells] == ["ok"] * 4
@@ -69,7 +70,8 @@ def test_closed_loop_arithmetic_with_a_known_service_time(workdir):
 
 def test_a_second_scenario_plugs_in_beside_closed_loop(cli, workdir):
     r = cli("run", "-m", "pool-tiny", "-v", "sleep", "-b", "2", "--mode", "e2e",
-            "--scenario", "one-call", "--no-isolate", "--name", "once", "--json")
+            "--scenario", "one-call", "--no-isolate", "--name", "once", "--repeats", "1",
+            "--json")
     assert r.exit_code == 0, r.stderr
     rec = RunStore().load("once")
     (c,) = rec.cells
@@ -122,7 +124,7 @@ def test_v1_runs_load_show_compare_and_report(cli, workdir):
 
     r = cli("run", "-m", "densenet-tiny", "--image-size", TINY_SIZE, "-v", "eager", "-b", "1",
             "--mode", "model", "--iters", "40", "--warmup", "1", "--no-isolate",
-            "--name", "v2")
+            "--name", "v2", "--repeats", "1")
     assert r.exit_code == 0, r.stderr
     j = json.loads(cli("compare", "v1-fixture", "v2", "--format", "json").stdout)
     (row,) = j["rows"]
@@ -141,7 +143,7 @@ def test_v1_runs_load_show_compare_and_report(cli, workdir):
 
 def test_progress_lines_when_stderr_is_a_pipe(workdir):
     p = run_cli_process("run", "-m", "pool-tiny", "-v", "sleep", "-b", "1,2", "--iters", "3",
-                        "--warmup", "1", "--mode", "model")
+                        "--warmup", "1", "--mode", "model", "--repeats", "1")
     _, err = p.communicate(timeout=120)
     assert p.returncode == 0, err
     lines = [ln for ln in err.splitlines() if ln.startswith("densebench: ")]
@@ -185,7 +187,7 @@ def test_a_sweep_sized_run_stores_in_time_linear_in_its_cells(workdir):
 def test_the_python_api(workdir):
     rec = densebench.benchmark(model="pool-tiny", variants=["sleep", "eager"],
                                batch_sizes=[1, 2], modes=["model"], iters=3,
-                               executor="inline", name="api")
+                               executor="inline", name="api", repeats=1)
     df = densebench.load_run("api").frame()
     assert list(df["model_variant"]) == [c.variant for c in rec.cells]
     assert len(df) == 4 and df["p50_ms"].notna().all()

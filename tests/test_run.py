@@ -16,7 +16,8 @@ from densebench.variants import expand
 
 from .conftest import TINY_SIZE, run_cli_process
 
-FAST = ["-m", "densenet-tiny", "--image-size", TINY_SIZE, "--warmup", "1", "--iters", "5"]
+FAST = ["-m", "densenet-tiny", "--image-size", TINY_SIZE, "--warmup", "1", "--iters", "5",
+        "--repeats", "1"]
 
 
 def _run_json(cli, *args, fast=True):
@@ -143,7 +144,7 @@ def _workers_of(pid):
 def test_a_crashing_variant_is_recorded_and_the_run_goes_on(workdir):
     p = run_cli_process("run", "-m", "densenet-tiny", "--image-size", TINY_SIZE, "-v",
                         "eager,onnxruntime", "-b", "1", "--warmup", "1", "--min-time", "20",
-                        "--mode", "model", "--json")
+                        "--mode", "model", "--repeats", "1", "--json")
     deadline = time.time() + 120
     killed = False
     while time.time() < deadline and not killed:
@@ -166,7 +167,10 @@ def test_a_crashing_variant_is_recorded_and_the_run_goes_on(workdir):
 
 
 def test_a_hanging_variant_times_out(cli, workdir):
-    summary = _run_json(cli, "-v", "eager", "-b", "1", "--iters", "100000000", "--timeout", "8")
+    r = cli("run", *FAST, "-v", "eager", "-b", "1", "--iters", "100000000", "--timeout", "8",
+            "--json")
+    assert r.exit_code == 1 and "every cell of run" in r.stderr  # nothing worked
+    summary = json.loads(r.stdout)
     c = summary["cells"][0]
     assert c["status"] == "failed" and "timed out after 8 s" in c["error"]
     assert summary["status"] == "complete"
@@ -185,7 +189,7 @@ def test_a_batch_that_does_not_fit_fails_its_cell_only(cli, workdir):
 def test_ctrl_c_keeps_finished_cells_and_marks_the_run_incomplete(workdir):
     p = run_cli_process("run", "-m", "densenet-tiny", "--image-size", TINY_SIZE, "-v",
                         "eager,channels-last,onnxruntime", "-b", "1", "--warmup", "1",
-                        "--min-time", "2", "--min-iters", "1")
+                        "--min-time", "2", "--min-iters", "1", "--repeats", "1")
     deadline = time.time() + 180
     run_dir = None
     while time.time() < deadline:

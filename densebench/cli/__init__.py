@@ -52,9 +52,9 @@ class _Boundary(TyperGroup):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
-        except KeyboardInterrupt:  # typer would turn it into a silent exit 130
+        except KeyboardInterrupt as e:  # typer would turn it into a silent exit 130
             click.echo("densebench: interrupted", err=True)
-            raise typer.Exit(130) from None
+            raise typer.Exit(128 + getattr(e, "signum", 2)) from None
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         debug = os.environ.get("DENSEBENCH_DEBUG") not in (None, "", "0")
@@ -75,9 +75,9 @@ class _Boundary(TyperGroup):
             where = f" (see `{e.ctx.command_path} --help`)" if getattr(e, "ctx", None) else ""
             click.echo(f"densebench: error: {e.format_message()}{where}", err=True)
             sys.exit(e.exit_code)
-        except (*_ABORT, KeyboardInterrupt):
+        except (*_ABORT, KeyboardInterrupt) as e:
             click.echo("densebench: interrupted", err=True)
-            sys.exit(130)
+            sys.exit(128 + getattr(e, "signum", 2))
         if isinstance(rv, int) and rv:
             sys.exit(rv)
         return rv
@@ -125,5 +125,17 @@ def _register() -> None:
 _register()
 
 
+def _terminate(signum, frame):
+    from densebench.errors import Terminated
+
+    raise Terminated(signum)
+
+
 def main() -> None:
+    import signal
+
+    # a CI timeout (SIGTERM) or a closed terminal (SIGHUP) unwinds like Ctrl-C: finished
+    # cells are kept, the run is marked incomplete, workers are killed, a message says so
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _terminate)
     app()

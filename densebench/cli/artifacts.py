@@ -79,7 +79,7 @@ def verify() -> None:
     for a in entries:
         try:
             if a.manifest.get("corrupt"):
-                raise CorruptArtifactError(f"artifact {a.path.name}: manifest unreadable")
+                raise CorruptArtifactError(str(a.manifest["corrupt"]))
             a.verify()
             out.print(f"ok       {a.path.name}")
         except CorruptArtifactError as e:

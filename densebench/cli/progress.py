@@ -91,6 +91,9 @@ class Progress:
         print(f"densebench: {text}", file=sys.stderr, flush=True)
 
     def __call__(self, ev: dict) -> None:
+        if ev.get("event") == "warning":  # shown on a terminal and in logs alike
+            self.console.print(f"[yellow]warning: {ev['message']}[/yellow]")
+            return
         if not self.enabled:
             return
         if self.bar is not None:

@@ -40,6 +40,7 @@ def run(
     min_time: Annotated[float, typer.Option(help="...and at least this many seconds.")] = 3.0,
     iters: Annotated[int | None, typer.Option(help="Exactly N timed iterations (overrides the stop rule).")] = None,
     max_time: Annotated[float | None, typer.Option(help="Cap on one cell's timed seconds.")] = None,
+    repeats: Annotated[int | None, typer.Option(help="Worker processes per cell, rounds interleaved across variants; intervals include the spread between them (default 3; LoadGen scenarios 1).")] = None,
     timeout: Annotated[float, typer.Option(help="Seconds before a variant's worker is killed and recorded as failed.")] = 1800.0,
     scenario: Annotated[str, typer.Option(help="closed-loop (fixed batches back to back), or LoadGen's single-stream | multi-stream | server | offline.")] = "closed-loop",
     max_batch: Annotated[list[str] | None, typer.Option("--max-batch", help="LoadGen: the dynamic batcher's largest batch (one cell each), e.g. 1,8.")] = None,
@@ -89,7 +90,7 @@ def run(
         if latency_budget is not None else None,
         percentile=percentile, samples_per_query=samples_per_query, expected_qps=expected_qps,
         duration=duration_ms(duration, "duration") / 1e3 if duration is not None else None,
-        min_queries=min_queries, official=official, accuracy=accuracy,
+        min_queries=min_queries, official=official, accuracy=accuracy, repeats=repeats,
         executor=executor or ("subprocess" if isolate else "inline"),
     )
     with Progress("run", stop=cfg.stop_rule()) as progress:
@@ -97,10 +98,23 @@ def run(
     if json_out:
         print_json({"run": rec.id, "path": str(rec.path), "status": rec.data["status"],
                     "device": rec.data["device"], "model": rec.data["model"],
-                    "skipped": rec.data["skipped"], "cells": summary_rows(rec)})
+                    "skipped": rec.data["skipped"], "warnings": rec.data.get("warnings", []),
+                    "cells": summary_rows(rec)})
+        _exit_if_nothing_worked(rec)
         return
     out.print(summary_table(rec))
     out.print(f"stored in {rec.path}")
+    _exit_if_nothing_worked(rec)
+
+
+def _exit_if_nothing_worked(rec) -> None:
+    """A run whose every cell failed is a failure (some failed among some that worked is
+    a result)."""
+    if rec.cells and not any(c.ok for c in rec.cells):
+        from densebench.errors import DensebenchError
+
+        raise DensebenchError(f"every cell of run {rec.id} failed (first: "
+                              f"{rec.cells[0].error}); the run is stored in {rec.path}")
 
 
 def register(app: typer.Typer) -> None:

@@ -12,14 +12,15 @@ from densebench.cli.common import out, print_json
 def runs(json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
     """List stored runs (newest last)."""
     from densebench.report.tables import runs_table
-    from densebench.results.store import RunStore
+    from densebench.results.store import DamagedRun, RunStore
 
     store = RunStore()
-    records = store.list()
+    records = store.scan()
     if json_out:
-        print_json([{k: r.data.get(k) for k in ("id", "name", "kind", "created", "status",
-                                                  "device")} | {"path": str(r.path)}
-                    for r in records])
+        print_json([{"id": r.path.name, "status": "damaged", "reason": r.reason,
+                     "path": str(r.path)} if isinstance(r, DamagedRun) else
+                    {k: r.data.get(k) for k in ("id", "name", "kind", "created", "device")}
+                    | {"status": r.status, "path": str(r.path)} for r in records])
         return
     if not records:
         out.print(f"no runs in {store.root}")
@@ -37,7 +38,7 @@ def show(
 
     rec = RunStore().load(run)
     if json_out:
-        print_json({"run": rec.id, "path": str(rec.path), "status": rec.data["status"],
+        print_json({"run": rec.id, "path": str(rec.path), "status": rec.status,
                     "schema_version": rec.data.get("schema_version"),
                     "migrated_from": rec.data.get("migrated_from"),
                     "cells": summary_rows(rec), "profiles": rec.data.get("profiles", []),
@@ -45,7 +46,7 @@ def show(
         return
     env = rec.data.get("environment", {})
     libs = env.get("libraries", {})
-    out.print(f"[bold]{rec.id}[/bold] {rec.data.get('kind')} {rec.data.get('status')}, "
+    out.print(f"[bold]{rec.id}[/bold] {rec.data.get('kind')} {rec.status}, "
               f"created {rec.data.get('created')}, {rec.path}")
     out.print(f"  {env.get('cpu', {}).get('model')} | "
               + (", ".join(g["name"] for g in env.get("gpus", [])) or "no GPU") + " | "

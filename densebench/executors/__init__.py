@@ -70,8 +70,10 @@ class CellTracker:
 
 
 def _planned_key(cell: dict) -> tuple:
-    """A cell's key without its host: the worker stamps the host it really ran on."""
-    return Cell.from_dict(cell).key()[:-1]
+    """A cell's key without its host (the worker stamps the host it really ran on), with
+    its repeat (which worker process)."""
+    c = Cell.from_dict(cell)
+    return (*c.key()[:-1], c.repeat)
 
 
 _REGISTRY: dict[str, type[Executor]] = {}

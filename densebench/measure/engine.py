@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from densebench.errors import bad_setting
 
 MODES = ("model", "e2e")
+MAX_WARMUP_S = 3600.0  # an hour of warm-up is a typo, not a plan
+MAX_WARMUP_ITERS = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -30,8 +32,9 @@ class StopRule:
             raise bad_setting("iters", f"must be at least 1, got {self.iters}")
         if self.min_iters < 1:
             raise bad_setting("min_iters", f"must be at least 1, got {self.min_iters}")
-        if not self.min_time >= 0:  # also refuses nan
-            raise bad_setting("min_time", f"must not be negative, got {self.min_time}")
+        if not 0 <= self.min_time <= MAX_WARMUP_S * 24:  # also refuses nan and inf
+            raise bad_setting("min_time", f"must be between 0 and {MAX_WARMUP_S * 24:g} s, "
+                              f"got {self.min_time}")
         if self.max_time is not None and not self.max_time > 0:
             raise bad_setting("max_time", f"must be positive, got {self.max_time}")
 
@@ -56,16 +59,17 @@ class Warmup:
         try:
             if t.endswith("s"):
                 sec = float(t[:-1])
-                if sec < 0:
+                if not 0 <= sec <= MAX_WARMUP_S:  # also refuses nan and inf
                     raise ValueError
                 return cls(count=None, seconds=sec)
             n = int(t)
-            if n < 0:
+            if not 0 <= n <= MAX_WARMUP_ITERS:
                 raise ValueError
             return cls(count=n)
         except ValueError:
             raise bad_setting(
-                "warmup", f"{text!r}: give a count (5) or seconds (2s), not negative"
+                "warmup", f"{text!r}: give a count (0 to {MAX_WARMUP_ITERS}) or seconds "
+                f"(0s to {MAX_WARMUP_S:g}s)"
             ) from None
 
     def describe(self) -> str:

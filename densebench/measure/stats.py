@@ -102,3 +102,64 @@ def summarize(samples_ms, batch_size: int) -> dict:
     out["throughput_ci"] = (batch_size * 1e3 / tp[1], batch_size * 1e3 / tp[0]) if tp else None
     out["noisy"] = out["cov"] > NOISY_COV
     return out
+
+
+def bootstrap_processes(runs: list[list[np.ndarray]], stat, *, resamples: int = 2000,
+                        seed: int = 0, level: float = 0.95) -> tuple[float, float] | None:
+    """Two-level bootstrap: for each run, resample its worker processes (with replacement),
+    then the iterations within each chosen process; ``stat`` gets one ``(1, n)`` pooled
+    resample per run and returns one value. The interval so includes what differs between
+    processes (compilation, memory layout, the host's drift), not only iteration noise."""
+    runs = [[np.asarray(g, dtype=np.float64) for g in groups if len(g)] for groups in runs]
+    if any(len(groups) < 1 for groups in runs):
+        return None
+    rng = np.random.default_rng(seed)
+    values = np.empty(resamples)
+    for i in range(resamples):
+        pooled = []
+        for groups in runs:
+            picks = rng.integers(0, len(groups), len(groups))
+            pooled.append(np.concatenate(
+                [groups[j][rng.integers(0, len(groups[j]), len(groups[j]))] for j in picks]
+            )[None, :])
+        values[i] = np.asarray(stat(*pooled)).ravel()[0]
+    alpha = (1.0 - level) / 2.0
+    return float(np.quantile(values, alpha)), float(np.quantile(values, 1.0 - alpha))
+
+
+DISAGREE_FACTOR = 2.0  # processes disagree when their spread is this many times the noise
+
+
+def summarize_processes(groups: list, batch_size: int) -> dict:
+    """``summarize`` over several worker processes' samples: the statistics of all samples
+    pooled, intervals from ``bootstrap_processes``, and how much the processes disagreed.
+
+    ``processes_disagree`` flags a spread of the processes' medians beyond what their own
+    iteration noise explains (more than ``DISAGREE_FACTOR`` times the typical half-width
+    of a process's p50 interval, and more than 1%).
+    """
+    groups = [np.asarray(g, dtype=np.float64) for g in groups if len(g)]
+    out = summarize(np.concatenate(groups), batch_size)
+    out["processes"] = len(groups)
+    medians = [float(np.median(g)) for g in groups]
+    out["process_p50_ms"] = medians
+    out["process_throughput"] = [batch_size * len(g) / (g.sum() / 1e3) for g in groups]
+    if len(groups) < 2:
+        out["between_process_spread"] = None
+        out["processes_disagree"] = False
+        return out
+    if out["p50_ms"] is not None:
+        out["p50_ci_ms"] = bootstrap_processes([groups], lambda m: np.median(m, axis=1))
+    tp = bootstrap_processes([groups], lambda m: m.mean(axis=1))
+    out["throughput_ci"] = (batch_size * 1e3 / tp[1], batch_size * 1e3 / tp[0]) if tp else None
+    spread = (max(medians) - min(medians)) / float(np.mean(medians))
+    within = []
+    for g in groups:
+        ci = bootstrap_ci(g, lambda m: np.median(m, axis=1), resamples=500)
+        if ci is not None:
+            within.append((ci[1] - ci[0]) / 2 / float(np.median(g)))
+    noise = float(np.median(within)) if within else 0.0
+    out["between_process_spread"] = spread
+    out["within_process_halfwidth"] = noise
+    out["processes_disagree"] = spread > max(DISAGREE_FACTOR * noise, 0.01)
+    return out

@@ -31,8 +31,10 @@ def _save(plt, fig, path: Path) -> None:
 def _ok(run, mode: str) -> list:
     """Finished closed-loop or eval cells of ``mode`` that have statistics (LoadGen cells
     are drawn by ``plot_serving``)."""
-    return [c for c in run.cells if c.ok and c.mode == mode and c.stats and c.samples_ms
-            and c.loadgen is None and c.search is None]
+    from densebench.results.repeats import merged
+
+    return [c for c in merged(run.cells) if c.ok and c.mode == mode and c.stats
+            and c.samples_ms and c.loadgen is None and c.search is None]
 
 
 def _serving_points(runs: list) -> dict:

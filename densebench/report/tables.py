@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rich import box
 from rich.console import Group
 from rich.table import Table
 from rich.text import Text
@@ -15,10 +16,13 @@ def summary_rows(run) -> list[dict]:
     def group(c):
         return (c.scenario, c.batch_size, c.mode, c.hostname)
 
-    eager = {group(c): c.stats["throughput"] for c in run.cells
+    from densebench.results.repeats import merged
+
+    cells = merged(run.cells)
+    eager = {group(c): c.stats["throughput"] for c in cells
              if c.variant == "eager" and c.ok and c.stats and c.stats.get("throughput")}
     rows = []
-    for c in run.cells:
+    for c in cells:
         st = c.stats or {}
         par = c.parity or {}
         base = eager.get(group(c))
@@ -39,6 +43,10 @@ def summary_rows(run) -> list[dict]:
             "accuracy": c.accuracy,
             "loadgen": c.loadgen, "search": c.search,
             "instances": c.scenario_settings.get("instances"),
+            "busy": c.busy, "others_cores": (c.host_load or {}).get("others_cores"),
+            "processes": st.get("processes", 1),
+            "between_process_spread": st.get("between_process_spread"),
+            "processes_disagree": st.get("processes_disagree", False),
         })
     order = {"model": 0, "e2e": 1}
     rows.sort(key=lambda r: (r["scenario"], order.get(r["mode"], 9), r["batch_size"],
@@ -64,67 +72,119 @@ def summary_table(run) -> Group:
     title = (f"{m.get('name')} {m.get('image_size')}px on {data.get('device')} "
              f"({data.get('threads')} threads) - run {data['id']}"
              + (f" '{data['name']}'" if data.get("name") else "")
-             + ("" if data.get("status") == "complete" else f" [{data.get('status')}]"))
+             + ("" if run.status == "complete" else f" [{run.status}]"))
     scenarios = {c.scenario for c in run.cells}
     hosts = {c.hostname for c in run.cells}
-    t = Table(title=title, title_justify="left")
-    cols = [("variant", "left"), ("batch", "right"), ("mode", "left"), ("p50 ms", "right"),
-            ("±95%", "right"), ("p90", "right"), ("p99", "right"), ("img/s", "right"),
-            ("±95%", "right"), ("vs eager", "right"), ("max|err|", "right"),
-            ("top-1", "right"), ("CoV", "right"), ("n", "right")]
-    for name, just in cols:
-        t.add_column(name, justify=just, no_wrap=True)
-    notes: list[Text] = []
     rows = summary_rows(run)
     served = [r for r in rows if r["loadgen"] is not None or r["search"] is not None
               or (r["status"] != "ok" and r["scenario"] not in ("closed-loop", "eval"))]
-    for r in rows:
-        if any(r is x for x in served):
-            continue
-        name = r["variant"]
+    closed = [r for r in rows if not any(r is x for x in served)]
+    procs = max((r["processes"] for r in closed), default=1)
+    if procs > 1:
+        title += f" - {procs} worker processes per cell, interleaved"
+    # fits 100 columns: a light box, intervals beside their values, tail percentiles only
+    # where some cell supports them, the mode column only when there are several
+    t = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False,
+              padding=(0, 1))
+    show_mode = len({r["mode"] for r in closed}) > 1
+    tails = [p for p in ("p90", "p99") if any(r[f"{p}_ms"] is not None for r in closed)]
+    cols = [("variant", "left"), ("batch", "right")] + ([("mode", "left")] if show_mode else [])
+    cols += [("p50 ms ±95%", "right")] + [(f"{p} ms", "right") for p in tails]
+    cols += [("img/s ±95%", "right"), ("vs eager", "right"), ("max|err|", "right"),
+             ("CoV", "right"), ("n", "right")]
+    for name, just in cols:
+        t.add_column(name, justify=just, no_wrap=True)
+    notes: list[Text] = []
+    for r in closed:
+        name = r["variant"] + ("!" if r["busy"] else "") + \
+            ("~" if r["processes_disagree"] else "")
         if len(scenarios) > 1:
             name += f" [{r['scenario']}]"
         if len(hosts) > 1:
             name += f" @{r['host']}"
+        lead = [name, str(r["batch_size"])] + ([r["mode"]] if show_mode else [])
         if r["status"] != "ok":
-            t.add_row(name, str(r["batch_size"]), r["mode"],
-                      Text("failed", style="red"), *[""] * 10)
+            t.add_row(*lead, Text("failed", style="red"), *[""] * (len(cols) - len(lead) - 1))
             notes.append(Text(f"{r['variant']} batch {r['batch_size']} {r['mode']}: "
                               f"{r['error']}", style="red"))
             continue
         sp = r["speedup_vs_eager"]
+        agree = r["parity_top1_agreement"]
+        err = r["parity_max_abs_error"]
         t.add_row(
-            name, str(r["batch_size"]), r["mode"], _ms(r["p50_ms"]),
-            _half_width(r["p50_ci_ms"], r["p50_ms"]), _ms(r["p90_ms"]), _ms(r["p99_ms"]),
-            f"{r['throughput']:.1f}" if r["throughput"] is not None else "-",
-            _half_width(r["throughput_ci"], r["throughput"]),
+            *lead, f"{_ms(r['p50_ms'])} {_half_width(r['p50_ci_ms'], r['p50_ms'])}",
+            *[_ms(r[f"{p}_ms"]) for p in tails],
+            (f"{r['throughput']:.1f} {_half_width(r['throughput_ci'], r['throughput'])}"
+             if r["throughput"] is not None else "-"),
             f"{sp:.2f}x" if sp else "-",
-            f"{r['parity_max_abs_error']:.2g}" if r["parity_max_abs_error"] is not None else "-",
-            f"{r['parity_top1_agreement']:.0%}" if r["parity_top1_agreement"] is not None
-            else "-",
+            Text(f"{err:.2g}" if err is not None else "-",
+                 style="red" if agree is not None and agree < 1 else ""),
             Text(f"{r['cov']:.1%}", style="yellow" if r["noisy"] else "")
             if r["cov"] is not None else "-", str(r["n"] or "-"),
         )
-    tables = [t] if len(served) < len(rows) else []
+        if agree is not None and agree < 1:
+            notes.append(Text(f"{r['variant']} batch {r['batch_size']}: top-1 agrees with "
+                              f"fp32 on {agree:.0%} of the parity inputs", style="red"))
+        if r["processes_disagree"]:
+            notes.append(Text(
+                f"~ {r['variant']} batch {r['batch_size']} {r['mode']}: its worker processes "
+                f"disagree (medians {r['between_process_spread']:.1%} apart, more than their "
+                "own noise): the interval includes that spread", style="yellow"))
+    tables = [t] if closed else []
+    answer = fastest_line(closed)
+    if answer is not None:
+        tables.append(answer)
     if served:
         tables.append(loadgen_table(served))
-    foot = [Text("±95%: half-width of the bootstrap 95% interval, relative to the value. "
-                 f"p90/p99 'n/s': not supported by the sample (p90 needs {min_samples(90)} "
-                 f"iterations, p99 {min_samples(99)}). CoV in yellow: noisy (> 10%). Parity: "
-                 "logits against eager fp32 on the CPU, same inputs.", style="dim")
-            ] if len(served) < len(rows) else []
+    foot = [Text("±95%: half-width of the bootstrap 95% interval, relative to the value"
+                 + (" (resampling worker processes, then iterations)" if procs > 1 else "")
+                 + f". p90/p99 'n/s': not supported by the sample (p90 needs "
+                 f"{min_samples(90)} iterations, p99 {min_samples(99)}). CoV in yellow: "
+                 "noisy (> 10%). max|err|: logits against eager fp32 on the CPU, same inputs "
+                 "(red: top-1 disagrees).", style="dim")
+            ] if closed else []
     if m.get("random_weights"):
         foot.append(Text(f"Weights: {m.get('weights_description')} - latency is real, "
                          "accuracy would not be.", style="yellow"))
     for s in data.get("skipped", []):
         foot.append(Text(f"skipped {s['variant']}: {s['reason']}", style="dim"))
+    busy = [r for r in rows if r["busy"]]
+    if busy:
+        worst = max(r["others_cores"] or 0 for r in busy)
+        foot.append(Text(f"! busy host: {len(busy)} cell(s) were measured while other "
+                         f"processes used up to {worst:.2f} cores on average (or the "
+                         "hypervisor stole time): their numbers include that contention",
+                         style="bold yellow"))
     foot.extend(loadgen_notes(run))
+    for w in data.get("warnings", []):
+        foot.append(Text(f"warning: {w}", style="yellow"))
     for w in run.load_warnings:
         foot.append(Text(f"warning: {w}", style="yellow"))
     if data.get("migrated_from"):
         foot.append(Text(f"read from a schema-version-{data['migrated_from']} run file "
                          "(migrated in memory; the files are unchanged)", style="dim"))
     return Group(*tables, *notes, *foot)
+
+
+def fastest_line(rows: list[dict]) -> Text | None:
+    """The answer in one line: the fastest variant at each batch size (model mode where
+    measured), its speedup over eager and its parity."""
+    ok = [r for r in rows if r["status"] == "ok" and r["throughput"]]
+    if not ok:
+        return None
+    mode = "model" if any(r["mode"] == "model" for r in ok) else ok[0]["mode"]
+    parts = []
+    for bs in sorted({r["batch_size"] for r in ok if r["mode"] == mode}):
+        best = max((r for r in ok if r["mode"] == mode and r["batch_size"] == bs),
+                   key=lambda r: r["throughput"])
+        sp = f", {best['speedup_vs_eager']:.2f}x eager" if best["speedup_vs_eager"] else ""
+        err = best["parity_max_abs_error"]
+        par = f", max|err| {err:.2g}" if err is not None else ""
+        agree = best["parity_top1_agreement"]
+        if agree is not None:
+            par += f", top-1 {agree:.0%}"
+        parts.append(f"batch {bs}: {best['variant']} ({best['throughput']:.1f} img/s{sp}{par})")
+    return Text(f"fastest ({mode} mode): " + "; ".join(parts), style="bold")
 
 
 def _verdict_text(lg: dict | None) -> Text:
@@ -224,14 +284,23 @@ def search_table(run) -> Group:
 
 
 def runs_table(records) -> Table:
+    """Every run directory, the damaged ones too, with what is wrong with them."""
+    from densebench.results.store import DamagedRun
+
     t = Table(title="stored runs")
     for col in ("id", "name", "kind", "created", "model", "device", "cells ok", "status"):
         t.add_column(col, no_wrap=col in ("id", "created"))
     for r in records:
+        if isinstance(r, DamagedRun):
+            t.add_row(r.path.name, "", "", "", "", "", "",
+                      Text(f"damaged: {r.reason}", style="red"))
+            continue
         d = r.data
         ok = sum(c.ok for c in r.cells)
         t.add_row(d["id"], d.get("name") or "", d.get("kind", ""),
                   (d.get("created") or "")[:19].replace("T", " "),
                   (d.get("model") or {}).get("name", ""), d.get("device", ""),
-                  f"{ok}/{len(r.cells)}", d.get("status", ""))
+                  f"{ok}/{len(r.cells)}",
+                  Text(r.status, style="yellow" if r.status in ("abandoned", "incomplete")
+                       else ""))
     return t

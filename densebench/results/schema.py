@@ -38,6 +38,7 @@ class Cell:
     device: str
     scenario: str = CLOSED_LOOP
     host: dict = field(default_factory=dict)  # hostname, machine_id, cpu_model
+    repeat: int = 0  # which worker process of the cell (runs with --repeats N)
     # what it is
     status: str = "ok"  # ok | failed
     error: str | None = None
@@ -61,6 +62,8 @@ class Cell:
     gpu_utilization_pct: float | None = None
     options: dict = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    host_load: dict | None = None  # what else ran meanwhile (environment.HostLoad)
+    process_samples: list | None = None  # merged views: each worker process's samples
     loadgen: dict | None = None  # LoadGen scenarios: verdict, reasons, figures, log files
     search: dict | None = None  # `search` cells: the probes and the best VALID QPS
     extra: dict = field(default_factory=dict)  # fields this version does not know, kept
@@ -68,6 +71,11 @@ class Cell:
     @property
     def ok(self) -> bool:
         return self.status == "ok"
+
+    @property
+    def busy(self) -> bool:
+        """Measured while other processes (or other guests) took a share of the CPU."""
+        return bool((self.host_load or {}).get("busy"))
 
     @property
     def hostname(self) -> str | None:

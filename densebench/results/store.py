@@ -20,6 +20,7 @@ import csv
 import datetime as _dt
 import json
 import os
+import re
 import secrets
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from densebench.errors import ConfigError, StoreError
 from densebench.results.schema import SCHEMA, SCHEMA_VERSION, Cell, migrate
 
 RUN_FILE = "run.json"
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}")
 CELLS_FILE = "cells.jsonl"
 CSV_FILE = "results.csv"
 
@@ -42,7 +44,7 @@ CSV_COLUMNS = ORIGINAL_COLUMNS + [
     "p50_ci_low_ms", "p50_ci_high_ms", "throughput_ci_low", "throughput_ci_high", "noisy",
     "parity_max_abs_error", "parity_cosine_min", "parity_top1_agreement",
     "first_iteration_s", "threads", "validity", "invalid_reasons", "target_qps",
-    "completed_qps", "instances", "search_best_qps",
+    "completed_qps", "instances", "search_best_qps", "busy_host", "others_cores",
 ]
 
 
@@ -74,7 +76,12 @@ class RunRecord:
 
     @property
     def status(self) -> str:
-        return self.data.get("status", "")
+        """The stored status, except that a run still marked ``running`` whose process is
+        gone (killed, or its machine restarted) is ``abandoned``."""
+        status = self.data.get("status", "")
+        if status == "running" and not _owner_alive(self.data.get("owner")):
+            return "abandoned"
+        return status
 
     def add_cell(self, cell: Cell) -> None:
         """Keep ``cell`` and append it to cells.jsonl and results.csv (nothing rewritten)."""
@@ -156,9 +163,12 @@ class RunStore:
 
     def create(self, kind: str, name: str | None, config: dict, environment: dict,
                extra: dict | None = None) -> RunRecord:
-        if name is not None and (not name or "/" in name or name.startswith(".")):
-            raise ConfigError(f"name {name!r}: use letters, digits, '-' or '_'",
-                              setting="name")
+        if name is not None and not _NAME.fullmatch(name):
+            raise ConfigError(f"name {name!r}: use up to 100 letters, digits, '.', '-' or "
+                              "'_', not starting with '.' or '-'", setting="name")
+        if self.root.exists() and not self.root.is_dir():
+            raise StoreError(f"runs directory {self.root} is a file, not a directory: point "
+                             "DENSEBENCH_RUNS at a directory")
         from densebench.environment import host_identity
 
         stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -178,7 +188,8 @@ class RunStore:
             "schema": SCHEMA, "schema_version": SCHEMA_VERSION, "id": run_id, "name": name,
             "kind": kind, "created": _now(), "finished": None, "status": "running",
             "config": config, "environment": environment, "host": host_identity(),
-            "skipped": [], "variants": {}, "profiles": [], **(extra or {}),
+            "skipped": [], "variants": {}, "profiles": [], "owner": _owner(),
+            **(extra or {}),
         }
         rec = RunRecord(path, data)
         try:
@@ -191,21 +202,30 @@ class RunStore:
         return rec
 
     def paths(self) -> list[Path]:
+        if self.root.exists() and not self.root.is_dir():
+            raise StoreError(f"runs directory {self.root} is a file, not a directory: point "
+                             "DENSEBENCH_RUNS at a directory")
         if not self.root.is_dir():
             return []
         return sorted(p for p in self.root.iterdir() if (p / RUN_FILE).is_file())
 
     def list(self) -> list[RunRecord]:
-        out = []
+        """Every readable run (see ``scan`` for the damaged ones too)."""
+        return [r for r in self.scan() if not isinstance(r, DamagedRun)]
+
+    def scan(self) -> list:
+        """Every run directory: a RunRecord, or a DamagedRun that says what is wrong."""
+        out: list = []
         for p in self.paths():
             try:
                 out.append(load_run(p))
-            except StoreError:
-                continue
+            except StoreError as e:
+                out.append(DamagedRun(p, str(e)))
         return out
 
     def resolve(self, ref: str) -> Path:
-        """A run by path, id, unique id prefix or name (the newest run of that name)."""
+        """A run by path, id, unique id prefix or name; an ambiguous reference is refused
+        with the candidates, never resolved by a guess."""
         p = Path(ref)
         if (p / RUN_FILE).is_file():
             return p
@@ -213,24 +233,25 @@ class RunStore:
             return p.parent
         if (self.root / ref / RUN_FILE).is_file():
             return self.root / ref
-        by_prefix = [q for q in self.paths() if q.name.startswith(ref)]
-        if len(by_prefix) == 1:
-            return by_prefix[0]
-        by_name = [r.path for r in self.list() if r.data.get("name") == ref]
-        if by_name:
-            return by_name[-1]
-        if len(by_prefix) > 1:
-            raise StoreError(
-                f"run {ref!r} is ambiguous ({len(by_prefix)} runs): give more of its id"
-            )
-        unreadable = []
-        for q in self.paths():
-            try:
-                load_run(q)
-            except StoreError as e:
-                unreadable.append(str(e))
-        extra = f"; {len(unreadable)} run file(s) could not be read, e.g. {unreadable[0]}" \
-            if unreadable else ""
+        scanned = self.scan()
+        by_name = [r for r in scanned if not isinstance(r, DamagedRun) and r.name == ref]
+        by_prefix = [r for r in scanned if r.path.name.startswith(ref)]
+        for found, what in ((by_name, "name"), (by_prefix, "id prefix")):
+            if len(found) > 1:
+                ids = ", ".join(r.path.name for r in found)
+                raise StoreError(f"run {what} {ref!r} matches {len(found)} runs ({ids}): give "
+                                 "one of these ids")
+            if found:
+                if isinstance(found[0], DamagedRun):
+                    raise StoreError(found[0].reason)
+                return found[0].path
+        named_damaged = [d for d in scanned if isinstance(d, DamagedRun)
+                         and _peek_name(d.path) == ref]
+        if named_damaged:  # the run of that name exists but cannot be read: say why
+            raise StoreError(named_damaged[0].reason)
+        damaged = sum(isinstance(r, DamagedRun) for r in scanned)
+        extra = (f"; {damaged} run(s) there cannot be read (`densebench runs` lists them)"
+                 if damaged else "")
         raise StoreError(
             f"no run {ref!r} in {self.root} (nor such a path): see `densebench runs`{extra}"
         )
@@ -238,6 +259,59 @@ class RunStore:
     def load(self, ref: str) -> RunRecord:
         return load_run(self.resolve(ref))
 
+
+
+def _owner() -> dict:
+    """The process writing a run: enough to tell later whether it still exists."""
+    import platform
+
+    return {"pid": os.getpid(), "started": _process_start(os.getpid()),
+            "hostname": platform.node()}
+
+
+def _process_start(pid: int) -> float | None:
+    try:
+        import psutil
+
+        return psutil.Process(pid).create_time()
+    except Exception:
+        return None
+
+
+def _owner_alive(owner: dict | None) -> bool:
+    """False only when we can tell: same host, and that pid is gone or is another process."""
+    import platform
+
+    if not owner or owner.get("hostname") != platform.node():
+        return True  # another machine's run (or an old one): cannot tell
+    pid = owner.get("pid")
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, TypeError, OverflowError):
+        return True
+    started = _process_start(pid)
+    if started is not None and owner.get("started") is not None:
+        return abs(started - owner["started"]) < 1.0  # the pid was not reused
+    return True
+
+
+class DamagedRun:
+    """A run directory whose files cannot be read, and why."""
+
+    def __init__(self, path: Path, reason: str):
+        self.path = Path(path)
+        self.reason = reason
+
+
+def _peek_name(path: Path) -> str | None:
+    """The name a run.json gives itself, if its JSON can be read at all."""
+    try:
+        data = json.loads((Path(path) / RUN_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return data.get("name") if isinstance(data, dict) else None
 
 
 def load_run(path: Path) -> RunRecord:
@@ -337,6 +411,8 @@ def csv_row(c: Cell, run: dict) -> dict:
         "completed_qps": lg.get("completed_samples_per_sec"),
         "instances": c.scenario_settings.get("instances"),
         "search_best_qps": (c.search or {}).get("best_qps"),
+        "busy_host": c.busy,
+        "others_cores": (c.host_load or {}).get("others_cores"),
     }
 
 

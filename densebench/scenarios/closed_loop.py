@@ -45,7 +45,7 @@ class ClosedLoop(Scenario):
             ) -> None:
         import torch
 
-        from densebench.environment import process_cpu_seconds
+        from densebench.environment import HostLoad, process_cpu_seconds
         from densebench.exporters import fixed_input, parity_stats
         from densebench.measure.engine import StopRule, Warmup, time_calls, warm_up
         from densebench.measure.stats import summarize
@@ -80,6 +80,7 @@ class ClosedLoop(Scenario):
                     first_cell = False
                 emit({"event": "phase", "variant": label, "phase": "measure",
                       "batch_size": bs, "mode": mode})
+                load = HostLoad().start()
                 cpu0, wall0 = process_cpu_seconds(), time.perf_counter()
 
                 def report(n, elapsed, bs=bs, mode=mode):
@@ -90,6 +91,7 @@ class ClosedLoop(Scenario):
                                      report=report)
                 wall = time.perf_counter() - wall0
                 busy = process_cpu_seconds() - cpu0
+                host_load = load.stop()
                 if parity is None:
                     parity = parity_stats(session.e2e(x_host), ref)
                     inputs[bs] = (x_host, ref, parity)
@@ -110,6 +112,7 @@ class ClosedLoop(Scenario):
                                                  1),
                     "gpu_utilization_pct": _gpu_utilization(device) if cuda else None,
                     "options": session.options, "warnings": list(session.warnings),
+                    "host_load": host_load,
                 })
             except Exception as e:  # this cell failed (out of memory, say): record, go on
                 if cuda:

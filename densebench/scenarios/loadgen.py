@@ -112,6 +112,7 @@ class DynamicBatcher:
         self.issued_at: dict[int, int] = {}
         self.latencies_ms: list[float] = []  # SUT-side: issue -> answer, per sample
         self.errors: list[str] = []
+        self.host_load: dict | None = None
         self._lock = threading.Lock()
         self._threads = [threading.Thread(target=self._serve, args=(s,), daemon=True,
                                           name=f"densebench-instance-{i}")
@@ -324,7 +325,7 @@ class LoadGenScenario(Scenario):
             **planned.to_dict(), "status": "ok", "error": None, "stats": stats,
             "samples_ms": batcher.latencies_ms if not s["accuracy"] else [],
             "scenario_settings": s, "loadgen": lg_info, "parity": parity,
-            "accuracy": accuracy, "timer": "loadgen",
+            "accuracy": accuracy, "timer": "loadgen", "host_load": batcher.host_load,
             "cold_start": dict(prepared.cold_start), "options": prepared.session.options,
             "model_size_mb": round(prepared.model_size_mb, 2),
         })
@@ -345,15 +346,20 @@ class LoadGenScenario(Scenario):
         sut = lg.ConstructSUT(batcher.issue, batcher.flush)
         qsl = lg.ConstructQSL(library.count, library.count, lambda idx: None,
                               lambda idx: None)  # every sample is already in memory
+        out.mkdir(parents=True, exist_ok=True)  # LoadGen does not create it
         log = lg.LogSettings()
         log.log_output.outdir = str(out)
         log.log_output.copy_summary_to_stdout = False
+        from densebench.environment import HostLoad
+
         batcher.start()
+        load = HostLoad().start()
         t0 = time.perf_counter()
         try:
             lg.StartTestWithLogSettings(sut, qsl, ts, log)
         finally:
             wall = time.perf_counter() - t0
+            batcher.host_load = load.stop()
             batcher.stop()
             lg.DestroyQSL(qsl)
             lg.DestroySUT(sut)

@@ -58,9 +58,18 @@ class SleepBackend(Backend):
 
     def prepare(self, variant, loaded, device, *, artifact=None, threads=None,
                 profile_dir=None):
+        # SLEEPY_SCALE: a real slowdown (2 = twice as slow). SLEEPY_PROCESS_JITTER: each
+        # process draws its own factor in [1 - j, 1 + j], like compilation or memory layout
+        # would make processes differ; iterations within a process stay alike.
+        scale = float(os.environ.get("SLEEPY_SCALE", "1"))
+        jitter = float(os.environ.get("SLEEPY_PROCESS_JITTER", "0"))
+        if jitter:
+            import random
+
+            scale *= random.Random(os.getpid()).uniform(1 - jitter, 1 + jitter)
         return SleepSession(label=variant.label, device=device, options=dict(variant.options),
-                            base_ms=variant.options["base_ms"],
-                            per_image_ms=variant.options["per_image_ms"],
+                            base_ms=variant.options["base_ms"] * scale,
+                            per_image_ms=variant.options["per_image_ms"] * scale,
                             num_classes=loaded.num_classes)
 
     def supported(self, variant, device: str) -> str | None:
