@@ -65,9 +65,12 @@ def best_over_eager(variants: list[str], min_time: float, repeats: int) -> dict:
     interleaved across variants, so the published ratio is the product's own number."""
     from densebench.results.repeats import merged
     from densebench.results.store import RunStore
+    from densebench.variants import get_variant
 
+    unsupported = {v: get_variant(v).unsupported_reason("cpu") for v in variants}
+    runnable = [v for v in variants if v != "eager" and unsupported[v] is None]
     cmd = [sys.executable, "-m", "densebench", "run", "--model", "densenet121", "--device",
-           "cpu", "-v", "eager," + ",".join(v for v in variants if v != "eager"), "-b", "16",
+           "cpu", "-v", ",".join(["eager", *runnable]), "-b", "16",
            "--mode", "model", "--min-time", str(min_time), "--warmup", "3", "--repeats",
            str(repeats), "--json"]
     out = subprocess.run(cmd, capture_output=True, text=True)
@@ -78,6 +81,7 @@ def best_over_eager(variants: list[str], min_time: float, repeats: int) -> dict:
     cells = {c.variant: c for c in merged(run.cells) if c.ok}
     failed = {c.variant: c.error for c in run.cells if not c.ok}
     failed.update(skipped)
+    failed.update({v: why for v, why in unsupported.items() if why})
     eager = cells["eager"].stats["throughput"]
     best = max((v for v in cells if v != "eager"), key=lambda v: cells[v].stats["throughput"])
     return {"eager_img_s": eager, "best": best, "best_img_s": cells[best].stats["throughput"],
