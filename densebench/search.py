@@ -28,7 +28,10 @@ from densebench.results.schema import Cell
 
 Emit = Callable[[dict], None]
 SEARCH_COMBINATION = "densebench.search:search_combination"
-LOWEST_FRACTION = 1 / 32  # of the predicted capacity: below this, the budget cannot be met
+# INVALID at this fraction of the predicted capacity means the latency is not queueing (one
+# sample is slow, or threads contend): lower loads would not help, and probes there are
+# long (a p99 needs 662 queries whatever the rate)
+LOWEST_FRACTION = 1 / 4
 
 
 @dataclass
@@ -156,6 +159,8 @@ def search_combination(payload: dict, emit: Emit) -> None:
              "threads_per_instance": payload["threads"],
              "duration_ms": int(cfg.probe_duration * 1000), "min_query_count": min_queries,
              "official": False, "accuracy": False, "data": cfg.data, "target_qps": qps,
+             "max_duration_ms": int(max(1.0, deadline - time.time()) * 1000)
+             if deadline is not None else None,
              "latency_budget_ms": cfg.latency_budget_ms, "percentile": cfg.percentile,
              "samples_per_query": None, "expected_qps": None}
         phase(f"probe {len(probes) + 1}: {qps:.3g} QPS")
@@ -201,10 +206,10 @@ def search_combination(payload: dict, emit: Emit) -> None:
             hi = q
             if lo is not None:
                 break
-            if q < LOWEST_FRACTION * capacity:
+            if q <= LOWEST_FRACTION * capacity * 1.0001:
                 stopped = (f"cannot meet p{cfg.percentile:g} <= {cfg.latency_budget_ms:g} ms "
-                           f"even at {q:.3g} QPS ({q / capacity:.1%} of the predicted "
-                           "capacity)")
+                           f"even at {q:.3g} QPS ({q / capacity:.0%} of the predicted "
+                           "capacity), where the latency is not queueing")
                 break
             q /= 2
     while lo is not None and hi is not None and hi / lo - 1 > cfg.precision and time_left():

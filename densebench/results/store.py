@@ -2,7 +2,8 @@
 
 - ``run.json``: schema version, config, environment, host, model, variants and status;
 - ``cells.jsonl``: one ``Cell`` per line (``results.schema``), appended as each finishes;
-- ``results.csv``: one row per cell (the original script's columns first), appended too;
+- ``results.csv``: one row per cell and worker process (the original script's columns
+  first), appended too;
 - ``tb/``: TensorBoard scalars, written when the run finishes; ``logs/``: workers' output.
 
 Adding a cell appends to two files and rewrites nothing, so a run of many cells stores in
@@ -39,7 +40,8 @@ ORIGINAL_COLUMNS = [
     "model_load_time_s",
 ]
 CSV_COLUMNS = ORIGINAL_COLUMNS + [
-    "model", "mode", "scenario", "host", "status", "error", "precision", "n", "mean_ms",
+    "model", "mode", "scenario", "host", "repeat", "status", "error", "precision", "n",
+    "mean_ms",
     "stdev_ms", "cov", "min_ms", "p50_ms", "p90_ms", "p95_ms", "p99_ms", "max_ms",
     "p50_ci_low_ms", "p50_ci_high_ms", "throughput_ci_low", "throughput_ci_high", "noisy",
     "parity_max_abs_error", "parity_cosine_min", "parity_top1_agreement",
@@ -390,6 +392,7 @@ def csv_row(c: Cell, run: dict) -> dict:
         "mode": c.mode,
         "scenario": c.scenario,
         "host": c.hostname,
+        "repeat": c.repeat,
         "status": c.status,
         "error": c.error,
         "precision": c.precision,

@@ -340,6 +340,8 @@ class LoadGenScenario(Scenario):
         ts.min_duration_ms = int(s["duration_ms"])
         if s["min_query_count"] is not None:
             ts.min_query_count = int(s["min_query_count"])
+        if s.get("max_duration_ms"):  # a search's time limit: LoadGen stops the run there
+            ts.max_duration_ms = int(s["max_duration_ms"])
         self.configure(lg, ts, s, timing)
         batcher = DynamicBatcher(lg, sessions, library, s["max_batch"], s["batch_timeout_ms"],
                                  keep_outputs=keep_outputs)
