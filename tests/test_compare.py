@@ -103,8 +103,9 @@ def test_self_comparison_of_a_real_run_shows_no_change(cli, workdir):
     assert len(j["rows"]) == 8
     assert all(row["verdict"] == "no significant change" for row in j["rows"])
     assert all(row["ratio"] == pytest.approx(1.0) for row in j["rows"])
-    (warning,) = j["environment_warnings"]  # the environment is the same; one process each
-    assert "measured each cell in one worker process" in warning
+    warnings = j["environment_warnings"]  # one process each (and, maybe, a busy host)
+    assert any("measured each cell in one worker process" in w for w in warnings)
+    assert not [w for w in warnings if "differs" in w]  # the same environment
 
 
 def test_environment_differences_are_warned(cli, workdir):
