@@ -138,9 +138,14 @@ def machine_id() -> str:
 
 
 def host_identity() -> dict:
-    """Who measured: hostname, machine id and CPU model (stamped on every cell)."""
-    return {"hostname": platform.node(), "machine_id": machine_id(),
+    """Who measured: hostname, machine id and CPU model (stamped on every cell), and the
+    cluster node's name where several nodes share this machine (``$DENSEBENCH_NODE``, set
+    by the Ray executor), so that their cells stay apart."""
+    host = {"hostname": platform.node(), "machine_id": machine_id(),
             "cpu_model": cpu_info()["model"]}
+    if os.environ.get("DENSEBENCH_NODE"):
+        host["node"] = os.environ["DENSEBENCH_NODE"]
+    return host
 
 
 def cpu_supports_bf16() -> bool:

@@ -8,6 +8,7 @@ it to the run's scenario (``scenarios/``), which emits a cell event per planned 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 import time
@@ -198,6 +199,9 @@ class RunConfig:
 
 def measure_variant(payload: dict, emit: Emit) -> None:
     """One variant's planned cells: prepare it, then let the scenario measure them."""
+    import torch
+
+    from densebench.backends import get_backend
     from densebench.environment import host_identity
     from densebench.prepare import prepare_variant
     from densebench.scenarios import get_scenario
@@ -205,12 +209,22 @@ def measure_variant(payload: dict, emit: Emit) -> None:
 
     cfg = RunConfig(**payload["config"])
     variant = get_variant(payload["variant"])
+    threads = payload["threads"] or torch.get_num_threads()  # None: this node's default
+    torch.set_num_threads(threads)
     host = host_identity()  # where this job really runs (a remote node, say)
-    cells = [Cell.from_dict({**c, "host": host}) for c in payload["cells"]]
+    worker = worker_identity(threads)
+    cells = [Cell.from_dict({**c, "host": host, "threads": threads, "worker": worker})
+             for c in payload["cells"]]
     label = variant.label
+    why = get_backend(variant.backend).supported(variant, payload["device"])
+    if why is not None and payload.get("skip_unsupported"):  # a sweep: this node can't
+        for c in cells:
+            emit({"event": "cell", "cell": dataclasses.replace(
+                c, status="skipped", error=why).to_dict()})
+        return
     try:
         prepared = prepare_variant(
-            variant, cfg.model_ref(), payload["device"], payload["threads"],
+            variant, cfg.model_ref(), payload["device"], threads,
             phase=lambda name: emit({"event": "phase", "variant": label, "phase": name}))
     except Exception as e:
         for c in cells:
@@ -219,6 +233,20 @@ def measure_variant(payload: dict, emit: Emit) -> None:
     emit({"event": "variant", "variant": label, "info": prepared.info()})
     get_scenario(cfg.scenario).run(prepared, cells, payload["settings"], emit,
                                    Path(payload["run_dir"]))
+
+
+def worker_identity(threads: int) -> dict:
+    """What this worker process ran with: its pid, the threads it was given and the thread
+    variables of its environment (a cluster scheduler sets its own), the Ray node."""
+    import os
+
+    import torch
+
+    env = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "CUDA_VISIBLE_DEVICES")
+    return {"pid": os.getpid(), "threads": threads, "torch_threads": torch.get_num_threads(),
+            "env": {k: os.environ.get(k) for k in env},
+            **({"ray_node_id": os.environ["DENSEBENCH_RAY_NODE_ID"]}
+               if os.environ.get("DENSEBENCH_RAY_NODE_ID") else {})}
 
 
 def plan_cells(cfg: RunConfig, variant, device: str, threads: int, settings: dict,

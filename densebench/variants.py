@@ -118,13 +118,14 @@ def get_variant(name: str) -> Variant:
     return v
 
 
-def expand(names: list[str], modes: list[str], device: str
+def expand(names: list[str], modes: list[str], device: str | None
            ) -> tuple[list[Variant], list[dict]]:
     """The variants to run and the ones skipped (with why), in order, without repeats.
 
     ``modes`` apply to variants whose backend has modes (torch.compile's); ``all`` means
     every variant, skipping those the device cannot run; a variant named explicitly that
-    the device cannot run is an error.
+    the device cannot run is an error. ``device=None``: no check here (a sweep's node
+    decides what it can run).
     """
     offered = {m for v in variants().values() for m in v.modes}
     for m in modes:
@@ -147,7 +148,7 @@ def expand(names: list[str], modes: list[str], device: str
             for one in candidates:
                 if any(c.label == one.label for c in chosen):
                     continue
-                reason = one.unsupported_reason(device)
+                reason = None if device is None else one.unsupported_reason(device)
                 if reason is None:
                     chosen.append(one)
                 elif n == "all" and name not in explicit:

@@ -7,12 +7,15 @@ Events are plain dicts streamed back to ``on_event`` as they happen (``phase``,
 a kill, a timeout), every planned cell it did not report comes back as a failed cell with
 the reason, so a run never loses track of a cell.
 
-Built in: ``inline`` (this process) and ``subprocess`` (a worker process per job: crash,
-hang and OOM isolation). Others (Ray) plug in beside them as modules of this package.
+Built in: ``inline`` (this process), ``subprocess`` (a worker process per job: crash,
+hang and OOM isolation) and ``ray`` (each job as a Ray task on a cluster node, which starts
+the same worker process there). ``run_all(jobs, on_event)`` runs many jobs: one after
+another here, concurrently across nodes on Ray.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,6 +34,8 @@ class Job:
     payload: dict
     cells: list[dict] = field(default_factory=list)  # planned cells (Cell.to_dict())
     timeout: float | None = None  # seconds; None: no limit
+    env: dict = field(default_factory=dict)  # set in the worker's environment
+    needs: dict = field(default_factory=dict)  # placement: {"gpu": bool, "labels": [[..]]}
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -42,12 +47,68 @@ class Job:
 
 class Executor:
     NAME: ClassVar[str] = ""
+    PLACES_CELLS: ClassVar[bool] = False  # stamps each job's cells with the node it picks
 
-    def __init__(self, log_dir: Path | None = None):
+    def __init__(self, log_dir: Path | None = None, **options):
         self.log_dir = log_dir
+        self.options = options
 
     def run(self, job: Job, on_event: Emit) -> None:
         raise NotImplementedError
+
+    def check(self, jobs: list[Job]) -> list[str]:
+        """Refuse (ConfigError) jobs this executor can never place, before anything runs;
+        return warnings about what it will ignore."""
+        import torch
+
+        if any(j.needs.get("gpu") for j in jobs) and not torch.cuda.is_available():
+            names = sorted({j.name for j in jobs if j.needs.get("gpu")})
+            raise ConfigError(f"{len(names)} job(s) need a GPU and this machine has none "
+                              f"({', '.join(names[:3])}{', ...' if len(names) > 3 else ''}): "
+                              "drop the cuda device or run them on a cluster (--executor ray)",
+                              setting="devices")
+        if any(j.needs.get("labels") for j in jobs):
+            return ["[targets] node labels are ignored here: this machine is the only node"]
+        return []
+
+    def describe(self) -> dict:
+        """Where the jobs run (a cluster's nodes and their resources), for the run file."""
+        import os
+
+        from densebench.environment import host_identity
+
+        return {"executor": self.NAME, "nodes": [{**host_identity(),
+                                                   "cpus": os.cpu_count()}]}
+
+    def run_all(self, jobs: list[Job], on_event: Emit, *, done: set | None = None,
+                placement: str = "each", start: Callable[[int], None] | None = None) -> None:
+        """Every job, in order, less the cells ``done`` holds (``pending``); ``start`` is
+        told how many cells will run. An executor with several machines runs jobs at once."""
+        todo = [p for p in (pending(j, done or set(), hostless=False) for j in jobs) if p]
+        if start:
+            start(sum(len(j.cells) for j in todo))
+        for job in todo:
+            self.run(job, on_event)
+
+    def close(self) -> None:
+        """Release what the executor holds (a cluster connection)."""
+
+
+def pending(job: Job, done: set, hostless: bool) -> Job | None:
+    """``job`` without the cells ``done`` already holds (``done_key``), or None when none is
+    left. ``hostless``: a cell done on any host counts (placement "any")."""
+    if not done:
+        return job
+    cells = [c for c in job.cells if done_key(Cell.from_dict(c), hostless) not in done]
+    if not cells:
+        return None
+    return dataclasses.replace(job, cells=cells, payload={**job.payload, "cells": cells})
+
+
+def done_key(c: Cell, hostless: bool) -> tuple:
+    """A cell's key and repeat, with its host left out when ``hostless``."""
+    key = c.key()
+    return (*key[:6], None if hostless else key[6], *key[7:], c.repeat)
 
 
 class CellTracker:

@@ -33,8 +33,8 @@ class SubprocessExecutor(Executor):
         log_dir.mkdir(parents=True, exist_ok=True)
         log_path = log_dir / f"{job.name.replace(':', '_').replace('/', '_')}.log"
         read_fd, write_fd = os.pipe()
-        env = {**os.environ, "DENSEBENCH_EVENT_FD": str(write_fd),
-               "DENSEBENCH_PARENT_PID": str(os.getpid())}
+        env = {**os.environ, **job.env, "DENSEBENCH_EVENT_FD": str(write_fd),
+               "DENSEBENCH_PARENT_PID": str(os.getpid()), "DENSEBENCH_JOB": job.name}
         with open(log_path, "w") as log:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "densebench.worker"], stdin=subprocess.PIPE,

@@ -37,8 +37,9 @@ class Cell:
     mode: str
     device: str
     scenario: str = CLOSED_LOOP
-    host: dict = field(default_factory=dict)  # hostname, machine_id, cpu_model
+    host: dict = field(default_factory=dict)  # hostname, machine_id, cpu_model[, node]
     repeat: int = 0  # which worker process of the cell (runs with --repeats N)
+    axes: dict = field(default_factory=dict)  # sweeps: the other axes the sweep varies
     # what it is
     status: str = "ok"  # ok | failed
     error: str | None = None
@@ -65,6 +66,7 @@ class Cell:
     host_load: dict | None = None  # what else ran meanwhile (environment.HostLoad)
     process_samples: list | None = None  # merged views: each worker process's samples
     loadgen: dict | None = None  # LoadGen scenarios: verdict, reasons, figures, log files
+    worker: dict = field(default_factory=dict)  # the worker's pid, thread settings, Ray node
     search: dict | None = None  # `search` cells: the probes and the best VALID QPS
     extra: dict = field(default_factory=dict)  # fields this version does not know, kept
 
@@ -81,10 +83,18 @@ class Cell:
     def hostname(self) -> str | None:
         return self.host.get("hostname")
 
+    @property
+    def skipped(self) -> bool:
+        """Not run because its host cannot run it (a sweep's bf16 cell on a CPU without bf16)."""
+        return self.status == "skipped"
+
     def key(self) -> tuple:
-        """What identifies the cell within a run, and matches it across runs (with host)."""
-        return (self.model, self.variant, self.batch_size, self.mode, self.device,
-                self.scenario, self.host.get("machine_id") or self.host.get("hostname"))
+        """What identifies the cell within a run, and matches it across runs (with host).
+
+        A sweep's cell adds the axes the sweep varies beyond these (image size, threads)."""
+        key = (self.model, self.variant, self.batch_size, self.mode, self.device,
+               self.scenario, host_key(self.host))
+        return key + tuple(sorted(self.axes.items())) if self.axes else key
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -101,6 +111,28 @@ class Cell:
         """This cell as failed with ``error`` (measurements dropped)."""
         return dataclasses.replace(self, status="failed", error=error, stats=None,
                                    samples_ms=[], parity=None)
+
+
+def host_key(host: dict) -> str | None:
+    """A host as a key: its machine id (or hostname), and its node name where several
+    cluster nodes share one machine (a simulated cluster)."""
+    machine = host.get("machine_id") or host.get("hostname")
+    return f"{machine}/{host['node']}" if host.get("node") else machine
+
+
+def latest(cells: list[Cell]) -> list[Cell]:
+    """Each cell (key and repeat) once: where a resumed run measured a cell again, the
+    later record supersedes the earlier one, in the earlier one's place."""
+    index: dict[tuple, int] = {}
+    out: list[Cell] = []
+    for c in cells:
+        k = (*c.key(), c.repeat)
+        if k in index:
+            out[index[k]] = c
+        else:
+            index[k] = len(out)
+            out.append(c)
+    return out
 
 
 # ------------------------------------------------------------------ migrations

@@ -26,7 +26,7 @@ import secrets
 from pathlib import Path
 
 from densebench.errors import ConfigError, StoreError
-from densebench.results.schema import SCHEMA, SCHEMA_VERSION, Cell, migrate
+from densebench.results.schema import SCHEMA, SCHEMA_VERSION, Cell, latest, migrate
 
 RUN_FILE = "run.json"
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}")
@@ -361,7 +361,7 @@ def load_run(path: Path) -> RunRecord:
     except TypeError as e:
         raise StoreError(f"{f}: a cell lacks a required field ({e}); the run is damaged") \
             from e
-    rec = RunRecord(Path(path), data, cells)
+    rec = RunRecord(Path(path), data, latest(cells))
     rec.load_warnings = warnings
     return rec
 

@@ -61,6 +61,8 @@ class SleepBackend(Backend):
         # SLEEPY_SCALE: a real slowdown (2 = twice as slow). SLEEPY_PROCESS_JITTER: each
         # process draws its own factor in [1 - j, 1 + j], like compilation or memory layout
         # would make processes differ; iterations within a process stay alike.
+        if os.environ.get("SLEEPY_FAIL") == variant.name:  # a runtime that breaks here
+            raise RuntimeError(f"{variant.name} failed to load (SLEEPY_FAIL)")
         scale = float(os.environ.get("SLEEPY_SCALE", "1"))
         jitter = float(os.environ.get("SLEEPY_PROCESS_JITTER", "0"))
         if jitter:
@@ -73,6 +75,11 @@ class SleepBackend(Backend):
                             num_classes=loaded.num_classes)
 
     def supported(self, variant, device: str) -> str | None:
+        # "needs": a CPU feature this machine may lack, read from $SLEEPY_FLAGS the way a
+        # real backend reads the CPU's flags (a cluster's nodes can differ)
+        need = variant.options.get("needs")
+        if need and need not in os.environ.get("SLEEPY_FLAGS", "").split(","):
+            return f"{variant.name} needs the {need} feature, which this machine lacks"
         return None if device == "cpu" else f"{variant.name} runs on the CPU only"
 
     def versions(self) -> dict[str, str | None]:
@@ -83,6 +90,9 @@ register_variant(Variant("sleep", "sleep", "test: sleeps 4 ms + 1 ms per image",
                          options={"base_ms": 4.0, "per_image_ms": 1.0}))
 register_variant(Variant("sleep-fast", "sleep", "test: sleeps 0.02 ms per batch",
                          options={"base_ms": 0.02, "per_image_ms": 0.0}))
+register_variant(Variant("sleep-bf16", "sleep", "test: sleeps 2 ms, where $SLEEPY_FLAGS has bf16",
+                         precision="bf16",
+                         options={"base_ms": 2.0, "per_image_ms": 0.0, "needs": "bf16"}))
 
 
 @register_scenario
