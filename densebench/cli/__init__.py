@@ -106,12 +106,14 @@ def _register() -> None:
         run,
         runs,
         search,
+        sweep,
     )
     from densebench.cli import eval as eval_
 
     export.register(app)
     run.register(app)
     search.register(app)
+    sweep.register(app)
     profile.register(app)
     eval_.register(app)
     compare.register(app)

@@ -19,6 +19,12 @@ def cell_line(c: dict) -> str:
     where = f"{c['variant']} batch {c['batch_size']} {c['mode']}"
     if c.get("scenario") not in (None, "closed-loop", "eval"):
         where += f" {c['scenario']}"
+    if c.get("axes"):
+        from densebench.report.tables import axes_text
+
+        where += f" [{axes_text(c['axes'])}]"
+    if (c.get("worker") or {}).get("ray_node_id"):  # a cluster: say which machine
+        where += f" @{c['host'].get('node') or c['host'].get('hostname')}"
     if c["status"] != "ok":
         return f"{where}: failed: {c.get('error')}"
     if c.get("search"):
@@ -108,7 +114,9 @@ class Progress:
             self.total = ev.get(self.unit)
             what = (f"{ev['cells']} cells of {len(ev.get('variants', []))} variant(s)"
                     if "cells" in ev else f"{len(ev.get('variants', []))} variant(s)")
-            self._line(f"{self.title}: run {ev['run']}: {what}")
+            self._line(f"{self.title}: run {ev['run']}: {what}"
+                       + (" (resumed: the missing and failed cells)" if ev.get("resumed")
+                          else ""))
             for s in ev.get("skipped", []):
                 self._line(f"skipped {s['variant']}: {s['reason']}")
         elif kind == "phase":
