@@ -8,10 +8,11 @@ STAMP  := $(VENV)/.densebench-installed
 
 install: $(STAMP)
 
-# Re-installs only when the project's requirements change.
+# Re-installs only when the project's requirements change. The optional extras (Ray, for
+# `densebench sweep --executor ray`) are installed too, so that their tests run.
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev,ray]'
 	touch $(STAMP)
 
 # The default benchmark, quick: densenet121 (random weights, labelled), every variant this
