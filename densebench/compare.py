@@ -66,8 +66,10 @@ class Comparison:
 
 
 def _key(c) -> tuple:
-    """model, variant, batch size, mode, device, scenario: the cell key less its host."""
-    return c.key()[:6]
+    """model, variant, batch size, mode, device, scenario (and a sweep's other varying
+    axes): the cell key less its host."""
+    k = c.key()
+    return (*k[:6], *k[7:])
 
 
 def _stat(samples: np.ndarray, metric: str, batch: int, axis=None):
@@ -280,8 +282,9 @@ def _loadgen_values(b, c) -> dict:
 
 
 def _named(k: tuple) -> dict:
-    return dict(zip(("model", "variant", "batch_size", "mode", "device", "scenario"), k,
-                    strict=True))
+    fields = ("model", "variant", "batch_size", "mode", "device", "scenario")
+    named = dict(zip(fields, k[:6], strict=True))
+    return named | {name: value for name, value in k[6:]}
 
 
 def rows(comp: Comparison) -> list[dict]:

@@ -27,10 +27,13 @@ def compare(
     threshold: Annotated[float, typer.Option(help="Relative change below which no change is called (0.05 = 5%).")] = 0.05,
     format: Annotated[str, typer.Option("--format", help="table | markdown | json | csv")] = "table",
     fail_on_regression: Annotated[bool, typer.Option("--fail-on-regression", help="Exit 1 when any cell is significantly slower beyond the threshold.")] = False,
+    by: Annotated[str | None, typer.Option("--by", help="host: the same cells on different hosts side by side (one sweep run is enough); the first host is the baseline.")] = None,
 ) -> None:
     """Compare runs cell by cell: ratios with bootstrap 95% intervals and verdicts.
 
     Example: densebench compare baseline candidate --fail-on-regression
+
+    Across machines: densebench compare my-sweep --by host
     """
     from densebench.compare import compare_runs, rows
     from densebench.results.store import RunStore
@@ -39,6 +42,12 @@ def compare(
         raise ConfigError(f"unknown format {format!r}: choose from {', '.join(FORMATS)}")
     store = RunStore()
     records = [store.load(r) for r in runs]
+    if by is not None:
+        if by != "host":
+            raise ConfigError(f"--by {by!r}: compare can group by host only")
+        from densebench.report.tables import by_host
+
+        records = by_host(records)
     comp = compare_runs(records, metric=metric, threshold=threshold)
     table_rows = rows(comp)
     if format == "json":

@@ -33,7 +33,7 @@ def show(
     json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Render a stored run from its files alone."""
-    from densebench.report.tables import summary_rows, summary_table
+    from densebench.report.tables import summary_rows, summary_table, sweep_tables
     from densebench.results.store import RunStore
 
     rec = RunStore().load(run)
@@ -52,7 +52,7 @@ def show(
               + (", ".join(g["name"] for g in env.get("gpus", [])) or "no GPU") + " | "
               f"torch {libs.get('torch')}, onnxruntime {libs.get('onnxruntime')} | "
               f"git {env.get('git_commit')}")
-    out.print(summary_table(rec))
+    out.print(sweep_tables(rec) if rec.data.get("kind") == "sweep" else summary_table(rec))
     for p in rec.data.get("profiles", []):
         out.print(f"profile: {p.get('variant')} batch {p.get('batch_size')}: {p.get('path')}")
 

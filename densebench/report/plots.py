@@ -245,6 +245,105 @@ PLOTS = {
 SERVING_PLOT = "serving.png"
 
 
+HEATMAP_PLOT = "heatmap.png"
+PARETO_PLOT = "pareto.png"
+
+
+def _host_cells(runs: list) -> dict:
+    """host label -> its finished closed-loop cells (merged), across ``runs``."""
+    from densebench.results.repeats import merged
+
+    out: dict[str, list] = {}
+    for d in runs:
+        for c in merged(d.cells):
+            if c.ok and c.stats and c.stats.get("throughput") and c.loadgen is None \
+                    and c.search is None:
+                out.setdefault(c.host.get("node") or c.hostname or "?", []).append(c)
+    return out
+
+
+def _config(c) -> str:
+    from densebench.report.tables import axes_text
+
+    return c.variant + (f" [{axes_text(c.axes)}]" if c.axes else "")
+
+
+def plot_heatmaps(runs: list, path: Path, mode: str) -> None:
+    """Per host, throughput by variant (rows) and batch size (columns), the best cell of
+    each host outlined and named: which runtime and batch size win on each machine."""
+    plt = _plt()
+    hosts = _host_cells(runs)
+    fig, axes = plt.subplots(1, len(hosts), figsize=(5.5 * len(hosts), 0.5 + 0.45 * max(
+        len({_config(c) for c in cells}) for cells in hosts.values()) + 1.5), squeeze=False)
+    for ax, (host, cells) in zip(axes[0], hosts.items(), strict=True):
+        cells = [c for c in cells if c.mode == mode] or cells
+        rows = sorted({_config(c) for c in cells})
+        cols = sorted({c.batch_size for c in cells})
+        grid = np.full((len(rows), len(cols)), np.nan)
+        for c in cells:
+            grid[rows.index(_config(c)), cols.index(c.batch_size)] = c.stats["throughput"]
+        im = ax.imshow(grid, cmap="viridis", aspect="auto")
+        ax.set_xticks(range(len(cols)), [str(b) for b in cols])
+        ax.set_yticks(range(len(rows)), rows)
+        ax.set_xlabel("batch size")
+        ax.grid(False)
+        for i in range(len(rows)):
+            for j in range(len(cols)):
+                if not np.isnan(grid[i, j]):
+                    v = grid[i, j]
+                    ax.text(j, i, f"{v:.0f}" if v >= 100 else f"{v:.3g}", ha="center", va="center",
+                            color="white", fontsize=8)
+        bi, bj = np.unravel_index(np.nanargmax(grid), grid.shape)
+        ax.add_patch(plt.Rectangle((bj - 0.5, bi - 0.5), 1, 1, fill=False, ec="red", lw=2))
+        ax.set_title(f"{host}: best {rows[bi]} at batch {cols[bj]}\n"
+                     f"({cells[0].host.get('cpu_model')})", fontsize=9)
+        fig.colorbar(im, ax=ax, label="img/s")
+    fig.suptitle(f"throughput ({mode} mode) per host", fontsize=10)
+    _save(plt, fig, path)
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the (latency, throughput) points no other point beats on both (lower
+    latency and higher throughput), in order of latency."""
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
+    front, best = [], -np.inf
+    for i in order:
+        if points[i][1] > best:
+            front.append(i)
+            best = points[i][1]
+    return front
+
+
+def plot_pareto(runs: list, path: Path, mode: str) -> None:
+    """Every measured configuration as p50 latency against throughput, one colour per host,
+    the Pareto front (nothing both faster and higher-throughput) joined and labelled."""
+    plt = _plt()
+    hosts = _host_cells(runs)
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    pts, labels = [], []
+    for (host, cells), color in zip(hosts.items(), plt.cm.tab10.colors * 10, strict=False):
+        cells = [c for c in cells if c.mode == mode] or cells
+        xs = [c.stats["p50_ms"] for c in cells]
+        ys = [c.stats["throughput"] for c in cells]
+        best = max(cells, key=lambda c: c.stats["throughput"])
+        ax.scatter(xs, ys, color=color, alpha=0.7,
+                   label=f"{host}: best {_config(best)} b{best.batch_size}")
+        pts += list(zip(xs, ys, strict=True))
+        labels += [f"{_config(c)} b{c.batch_size}" + (f" @{host}" if len(hosts) > 1 else "")
+                   for c in cells]
+    front = pareto_front(pts)
+    ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], "k--", lw=1,
+            label="Pareto front")
+    for i in front:
+        ax.annotate(labels[i], pts[i], fontsize=7, xytext=(4, 4), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel("p50 latency per batch (ms, log)")
+    ax.set_ylabel("throughput (img/s)")
+    ax.set_title(f"latency against throughput ({mode} mode), every configuration measured")
+    ax.legend(fontsize=7)
+    _save(plt, fig, path)
+
+
 def plots_for(runs: list) -> list[str]:
     """The plots these runs have something for."""
     names = []
@@ -252,6 +351,8 @@ def plots_for(runs: list) -> list[str]:
         names += list(PLOTS)
     if _serving_points(runs):
         names.append(SERVING_PLOT)
+    if any(d.data.get("kind") == "sweep" for d in runs) or len(_host_cells(runs)) > 1:
+        names += [HEATMAP_PLOT, PARETO_PLOT]
     return names
 
 
@@ -261,7 +362,8 @@ def write_report(runs: list, out_dir: Path) -> list[Path]:
     written = []
     names = plots_for(runs)
     for name in names:
-        fn = plot_serving if name == SERVING_PLOT else PLOTS[name]
+        fn = {SERVING_PLOT: plot_serving, HEATMAP_PLOT: plot_heatmaps,
+              PARETO_PLOT: plot_pareto}.get(name) or PLOTS[name]
         fn(runs, out_dir / name, mode)
         written.append(out_dir / name)
     index = out_dir / "index.html"

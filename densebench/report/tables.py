@@ -14,9 +14,10 @@ def summary_rows(run) -> list[dict]:
     """One row per cell (by scenario, mode, batch size, then fastest first), with the
     speedup over eager in the same scenario, mode, batch size and host."""
     def group(c):
-        return (c.scenario, c.batch_size, c.mode, c.hostname)
+        return (c.scenario, c.batch_size, c.mode, host_key(c.host), *sorted(c.axes.items()))
 
     from densebench.results.repeats import merged
+    from densebench.results.schema import host_key
 
     cells = merged(run.cells)
     eager = {group(c): c.stats["throughput"] for c in cells
@@ -29,6 +30,8 @@ def summary_rows(run) -> list[dict]:
         rows.append({
             "variant": c.variant, "batch_size": c.batch_size, "mode": c.mode,
             "device": c.device, "scenario": c.scenario, "host": c.hostname,
+            "host_key": host_key(c.host), "node": c.host.get("node"), "axes": c.axes,
+            "threads": c.threads,
             "status": c.status, "error": c.error,
             "precision": c.precision, "n": st.get("n"),
             "p50_ms": st.get("p50_ms"), "p50_ci_ms": st.get("p50_ci_ms"),
@@ -50,8 +53,15 @@ def summary_rows(run) -> list[dict]:
         })
     order = {"model": 0, "e2e": 1}
     rows.sort(key=lambda r: (r["scenario"], order.get(r["mode"], 9), r["batch_size"],
-                             r["status"] != "ok", -(r["throughput"] or 0)))
+                             sorted(r["axes"].items()), r["status"] != "ok",
+                             -(r["throughput"] or 0)))
     return rows
+
+
+def axes_text(axes: dict) -> str:
+    """A sweep cell's other axes, short: 224px t2."""
+    return " ".join(f"{v}px" if k == "image_size" else f"t{v}" if k == "threads"
+                    else f"{k} {v}" for k, v in axes.items())
 
 
 def _ms(v) -> str:
@@ -74,7 +84,7 @@ def summary_table(run) -> Group:
              + (f" '{data['name']}'" if data.get("name") else "")
              + ("" if run.status == "complete" else f" [{run.status}]"))
     scenarios = {c.scenario for c in run.cells}
-    hosts = {c.hostname for c in run.cells}
+    hosts = {(c.hostname, c.host.get("node")) for c in run.cells}
     rows = summary_rows(run)
     served = [r for r in rows if r["loadgen"] is not None or r["search"] is not None
               or (r["status"] != "ok" and r["scenario"] not in ("closed-loop", "eval"))]
@@ -100,13 +110,19 @@ def summary_table(run) -> Group:
             ("~" if r["processes_disagree"] else "")
         if len(scenarios) > 1:
             name += f" [{r['scenario']}]"
+        if r["axes"]:
+            name += f" [{axes_text(r['axes'])}]"
         if len(hosts) > 1:
-            name += f" @{r['host']}"
-        lead = [name, str(r["batch_size"])] + ([r["mode"]] if show_mode else [])
+            name += f" @{r['node'] or r['host']}"
+        lead = [Text(name), str(r["batch_size"])] + ([r["mode"]] if show_mode else [])
         if r["status"] != "ok":
-            t.add_row(*lead, Text("failed", style="red"), *[""] * (len(cols) - len(lead) - 1))
+            skipped = r["status"] == "skipped"
+            t.add_row(*lead, Text(r["status"] if skipped else "failed",
+                                  style="dim" if skipped else "red"),
+                      *[""] * (len(cols) - len(lead) - 1))
             notes.append(Text(f"{r['variant']} batch {r['batch_size']} {r['mode']}: "
-                              f"{r['error']}", style="red"))
+                              f"{r['status']}: {r['error']}",
+                              style="dim" if skipped else "red"))
             continue
         sp = r["speedup_vs_eager"]
         agree = r["parity_top1_agreement"]
@@ -303,4 +319,132 @@ def runs_table(records) -> Table:
                   f"{ok}/{len(r.cells)}",
                   Text(r.status, style="yellow" if r.status in ("abandoned", "incomplete")
                        else ""))
+    return t
+
+
+# ============================================================================ sweeps
+
+
+def hosts_of(run) -> list[tuple[str, dict]]:
+    """The hosts a run's cells ran on (key, host), in first-seen order."""
+    from densebench.results.schema import host_key
+
+    seen: dict = {}
+    for c in run.cells:
+        seen.setdefault(host_key(c.host), c.host)
+    return list(seen.items())
+
+
+def host_view(run, key: str):
+    """``run`` with only the cells of host ``key`` (a RunRecord; nothing written)."""
+    from densebench.results.schema import host_key
+    from densebench.results.store import RunRecord
+
+    cells = [c for c in run.cells if host_key(c.host) == key]
+    threads = sorted({c.threads for c in cells if c.threads})
+    devices = sorted({c.device for c in cells})
+    data = {**run.data, "device": ", ".join(devices),
+            "threads": ", ".join(map(str, threads)) or "?",
+            "model": {**(run.data.get("model") or {}),
+                      "image_size": _image_sizes(run)}}
+    label = next((c.host.get("node") or c.hostname for c in cells), key)
+    node = next((n for n in (run.data.get("cluster") or {}).get("nodes", [])
+                 if host_key(n) == key and n.get("fingerprint")), None)
+    if node is not None:  # the environment of that host, as its node reported it
+        data["environment"] = node["fingerprint"]
+    data["host_label"] = label
+    return RunRecord(run.path, data, cells)
+
+
+def by_host(runs: list) -> list:
+    """The cells of ``runs`` split by host, each host a run-like view named after it (for
+    ``compare``: the first host is the baseline)."""
+    from densebench.errors import ConfigError
+    from densebench.results.store import RunRecord
+
+    pooled = RunRecord(runs[0].path, runs[0].data, [c for r in runs for c in r.cells])
+    views = []
+    for key, _ in hosts_of(pooled):
+        v = host_view(pooled, key)
+        v.data["id"] = v.data["host_label"]
+        views.append(v)
+    if len(views) < 2:
+        raise ConfigError("--by host: these runs measured on one host only "
+                          f"({views[0].data['id'] if views else 'none'}): run a sweep on a "
+                          "cluster (densebench sweep --executor ray), or name runs from "
+                          "several machines")
+    return views
+
+
+def _image_sizes(run) -> str:
+    sizes = (run.data.get("sweep") or {}).get("spec", {}).get("image_sizes")
+    return ",".join(map(str, sizes)) if sizes else "default "
+
+
+def sweep_tables(run) -> Group:
+    """A sweep: one summary per host (its CPU named), then the same cells side by side
+    across hosts when there are several."""
+    parts: list = []
+    cluster = run.data.get("cluster") or {}
+    if cluster.get("executor") == "ray":
+        parts.append(Text(f"Ray cluster {cluster.get('address')} (ray {cluster.get('ray')}): "
+                          f"{len(cluster.get('nodes', []))} node(s), "
+                          f"{cluster.get('cells_per_node', 1)} job(s) per node at a time",
+                          style="bold"))
+    hosts = hosts_of(run)
+    for key, host in hosts:
+        parts.append(Text(f"host {host.get('node') or host.get('hostname')}: "
+                          f"{host.get('cpu_model')}", style="bold cyan"))
+        parts.append(summary_table(host_view(run, key)))
+    if len(hosts) > 1:
+        parts.append(host_pivot_table(host_pivot([run])))
+    return Group(*parts)
+
+
+def host_pivot(runs: list, metric: str = "throughput") -> dict:
+    """The same cells on different hosts side by side: rows keyed by the cell less its
+    host, a value per host, and the best host per row (``compare --by host``)."""
+    from densebench.results.repeats import merged
+    from densebench.results.schema import host_key
+
+    hosts: dict[str, str] = {}
+    table: dict[tuple, dict] = {}
+    for run in runs:
+        for c in merged(run.cells):
+            if not c.ok or not c.stats or c.stats.get(_stat_key(metric)) is None:
+                continue
+            h = host_key(c.host)
+            hosts.setdefault(h, c.host.get("node") or c.hostname or h)
+            k = c.key()
+            row = table.setdefault((*k[:6], *k[7:]), {})
+            row[h] = c.stats[_stat_key(metric)]
+    rows = []
+    for k, values in table.items():
+        better = max if metric == "throughput" else min
+        best = better(values, key=values.get)
+        rows.append({"model": k[0], "variant": k[1], "batch_size": k[2], "mode": k[3],
+                     "device": k[4], "scenario": k[5], "axes": dict(k[6:]),
+                     "values": {hosts[h]: v for h, v in values.items()},
+                     "best_host": hosts[best],
+                     "spread": better(values.values()) / (min if better is max else max)(
+                         values.values())})
+    return {"metric": metric, "hosts": list(hosts.values()), "rows": rows}
+
+
+def _stat_key(metric: str) -> str:
+    return "throughput" if metric == "throughput" else f"{metric}_ms"
+
+
+def host_pivot_table(p: dict) -> Table:
+    unit = "img/s" if p["metric"] == "throughput" else "ms"
+    t = Table(title=f"across hosts: {p['metric']} ({unit}); best host per cell",
+              title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    for col in ("variant", "batch", "mode", *p["hosts"], "best", "best/worst"):
+        t.add_column(col, justify="left" if col in ("variant", "mode", "best") else "right",
+                     no_wrap=True)
+    for r in p["rows"]:
+        name = r["variant"] + (f" [{axes_text(r['axes'])}]" if r["axes"] else "")
+        t.add_row(Text(name), str(r["batch_size"]), r["mode"],
+                  *[_num(r["values"].get(h)) if h in r["values"] else "-" for h in p["hosts"]],
+                  r["best_host"], f"{r['spread']:.2f}x")
     return t
