@@ -36,6 +36,7 @@ DEFAULT_OPSET = 18
 FORMATS: dict[str, tuple[str, ...]] = {
     "torchscript": ("fp32",),
     "onnx": ("fp32", "fp16", "int8"),
+    "openvino": ("fp32", "int8"),  # IR (model.xml + model.bin); int8 by NNCF
     "aoti": ("fp32",),
     "checkpoint": ("fp32", "fp16"),
 }
@@ -63,6 +64,7 @@ class ExportSpec:
     calib_batches: int = 8
     calib_batch_size: int = 4
     calib_seed: int = 0
+    calib: str = "synthetic"  # int8: calibration data (calibration.Calibration.parse)
 
     def __post_init__(self):
         if self.format not in FORMATS:
@@ -112,6 +114,12 @@ def _versions(fmt: str, precision: str) -> dict[str, str]:
             import onnxruntime
 
             v["onnxruntime"] = onnxruntime.__version__
+    if fmt == "openvino":
+        from densebench.backends import distribution_version
+
+        v["openvino"] = distribution_version("openvino")
+        if precision == "int8":
+            v["nncf"] = distribution_version("nncf")
     return v
 
 
@@ -138,12 +146,17 @@ def key_fields(spec: ExportSpec, weights_id: str, image_size: int, num_classes: 
         "device": _device_type(spec.device) if spec.format == "aoti" else "any",
         "versions": _versions(spec.format, spec.precision),
     }
-    if spec.format == "onnx" and spec.precision == "int8":
+    if spec.precision == "int8":
+        from densebench.calibration import Calibration
+
+        data = Calibration.parse(spec.calib, images=spec.calib_batches * spec.calib_batch_size)
         fields["calibration"] = {
-            "source": "synthetic", "batches": spec.calib_batches,
-            "batch_size": spec.calib_batch_size, "seed": spec.calib_seed,
-            "method": "minmax", "format": "QDQ", "per_channel": True,
-            "activations": "uint8", "weights": "int8",
+            **data.identity(), "batches": spec.calib_batches,
+            "batch_size": spec.calib_batch_size,
+            **({"method": "minmax", "format": "QDQ", "per_channel": True,
+                "activations": "uint8", "weights": "int8", "pre_process": True}
+               if spec.format == "onnx" else
+               {"method": "nncf.quantize (post-training, mixed preset)"}),
         }
     return fields
 
@@ -213,7 +226,11 @@ def _read_manifest(path: Path) -> dict:
             f"artifact {path.name}: manifest schema {m.get('schema')!r} is not "
             f"{MANIFEST_SCHEMA}; remove it with `densebench artifacts rm {path.name}`"
         )
-    names = list((m.get("files") or {}).keys()) + [m.get("main")]
+    if not isinstance(m.get("files"), dict):
+        raise CorruptArtifactError(
+            f"artifact {path.name}: manifest has no table of files; remove it with "
+            f"`densebench artifacts rm {path.name}`")
+    names = list(m["files"].keys()) + [m.get("main")]
     for name in names:
         if not _inside(path, name):
             raise CorruptArtifactError(
@@ -344,6 +361,7 @@ class ArtifactCache:
                         rel = p.relative_to(tmp).as_posix()
                         files[rel] = {"sha256": sha256_file(p), "size": p.stat().st_size}
                 manifest = {
+                    **extra,  # an exporter's notes never replace the fields below
                     "schema": MANIFEST_SCHEMA,
                     "key": d,
                     "fields": fields,
@@ -351,7 +369,6 @@ class ArtifactCache:
                     "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                     "export_seconds": round(seconds, 3),
                     "versions": fields["versions"],
-                    **extra,
                 }
                 (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
                 (tmp / LAST_USED).touch()

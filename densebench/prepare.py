@@ -22,6 +22,7 @@ class ModelRef:
     weights: str = "random"
     num_classes: int | None = None
     image_size: int | None = None
+    calib: str | None = None  # int8 calibration data (calibration.py); None: synthetic
 
 
 @dataclass
@@ -34,6 +35,7 @@ class Prepared:
     threads: int
     session: Session
     artifact: object | None  # artifacts.Artifact
+    context: dict = field(default_factory=dict)  # calibration for CALIBRATED backends
     cold_start: dict = field(default_factory=dict)  # export_s, artifact_cached, load_s
     model_size_mb: float = 0.0
 
@@ -45,7 +47,8 @@ class Prepared:
     def another_session(self) -> Session:
         """One more session of the same variant (another serving instance)."""
         return self.backend.prepare(self.variant, self.loaded, self.device,
-                                    artifact=self.artifact, threads=self.threads)
+                                    artifact=self.artifact, threads=self.threads,
+                                    **self.context)
 
     def info(self) -> dict:
         """What a run records about the prepared variant."""
@@ -88,18 +91,24 @@ def prepare_variant(variant: Variant, ref: ModelRef, device: str, threads: int, 
         say("export")
         fmt, prec = variant.artifact
         spec = ExportSpec(ref.model, fmt, prec, ref.weights, ref.num_classes,
-                          image_size=image_size, device=device)
+                          image_size=image_size, device=device,
+                          calib=ref.calib or "synthetic")
         t0 = time.perf_counter()
         artifact, cached = export_artifact(spec, cache or ArtifactCache(), loaded=loaded)
         cold["export_s"] = 0.0 if cached else round(time.perf_counter() - t0, 3)
         cold["artifact_cached"] = cached
+    context = {}
+    if backend.CALIBRATED:
+        from densebench.calibration import Calibration
+
+        context = {"calibration": Calibration.parse(ref.calib), "image_size": image_size}
     say("load")
     t0 = time.perf_counter()
     session = backend.prepare(variant, loaded, device, artifact=artifact, threads=threads,
-                              profile_dir=profile_dir)
+                              profile_dir=profile_dir, **context)
     cold["load_s"] = round(time.perf_counter() - t0, 4)
     size_mb = (artifact.size_bytes / 1e6 if artifact is not None else
                sum(p.numel() * p.element_size() for p in loaded.module.parameters()) / 1e6)
     return Prepared(variant=variant, backend=backend, loaded=loaded, image_size=image_size,
                     device=device, threads=threads, session=session, artifact=artifact,
-                    cold_start=cold, model_size_mb=size_mb)
+                    context=context, cold_start=cold, model_size_mb=size_mb)

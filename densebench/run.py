@@ -38,6 +38,7 @@ class RunConfig:
     weights: str = "random"
     num_classes: int | None = None
     image_size: int | None = None
+    calib: str | None = None  # int8 calibration data: synthetic | imagefolder:PATH
     variants: list[str] = field(default_factory=lambda: ["eager"])
     compile_modes: list[str] = field(default_factory=lambda: ["default"])
     batch_sizes: list[int] | None = None  # closed-loop; None: [1]
@@ -107,10 +108,37 @@ class RunConfig:
         if self.max_time is not None and not math.isfinite(self.max_time):
             raise bad_setting("max_time", f"must be a finite number, got {self.max_time}")
         Warmup.parse(self.warmup)
+        if self.calib is not None:
+            self._check_calibration()
         self.stop_rule()
         get_scenario(self.scenario)
         get_executor(self.executor)
         self._check_scenario_settings()
+
+    def _check_calibration(self) -> None:
+        """A missing folder, or fewer images than a batch calibrates on, is refused before
+        anything runs: PT2E calibrates at the cell's batch size, the artifacts in batches
+        of ``ExportSpec.calib_batch_size``."""
+        from densebench.artifacts import ExportSpec
+        from densebench.backends import get_backend
+        from densebench.calibration import Calibration
+        from densebench.variants import expand
+
+        calib = Calibration.parse(self.calib)
+        chosen, _ = expand(self.variants, self.compile_modes, None)
+        int8 = [v for v in chosen if v.precision == "int8"]
+        if calib.source == "synthetic" or not int8:
+            return
+        need = ExportSpec.calib_batch_size
+        if any(get_backend(v.backend).CALIBRATED for v in int8):
+            need = max(need, *self.cell_batch_sizes())
+        have = calib.count()
+        if have < need:
+            from densebench.errors import ConfigError
+
+            raise ConfigError(f"calib: the calibration set ({calib.label}) has {have} images, "
+                              f"fewer than the batch of {need}: give more images",
+                              setting="calib")
 
     def _check_scenario_settings(self) -> None:
         from densebench.scenarios.loadgen import check_cores, is_loadgen, require_loadgen
@@ -191,7 +219,8 @@ class RunConfig:
         return StopRule(self.min_iters, self.min_time, self.iters, self.max_time)
 
     def model_ref(self) -> ModelRef:
-        return ModelRef(self.model, self.weights, self.num_classes, self.image_size)
+        return ModelRef(self.model, self.weights, self.num_classes, self.image_size,
+                        self.calib)
 
 
 # ============================================================================ the job

@@ -96,6 +96,18 @@ for _v in [
     Variant("onnxruntime-int8", "onnxruntime",
             "ONNX Runtime on the int8 QDQ artifact (static, per-channel)",
             precision="int8", artifact=("onnx", "int8"), options={"provider": "device"}),
+    Variant("compile-int8", "pt2e",
+            "torchao PT2E static int8 (x86 Inductor quantizer) + torch.compile, freezing",
+            precision="int8"),
+    Variant("compile-int8-bf16", "pt2e",
+            "torchao PT2E int8 with the rest in bf16 + torch.compile, freezing",
+            precision="int8", options={"autocast": "bf16"}),
+    Variant("openvino", "openvino", "OpenVINO CPU plugin, f32 set and read back",
+            artifact=("openvino", "fp32")),
+    Variant("openvino-bf16", "openvino", "OpenVINO CPU plugin, bf16 inference precision",
+            precision="bf16", artifact=("openvino", "fp32")),
+    Variant("openvino-int8", "openvino", "OpenVINO CPU plugin on the NNCF int8 IR",
+            precision="int8", artifact=("openvino", "int8")),
 ]:
     register_variant(_v)
 

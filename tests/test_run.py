@@ -75,7 +75,8 @@ def test_variant_all_runs_what_the_cpu_can_and_records_the_rest(cli, workdir):
                         "--iters", "3")
     ran = {c["variant"] for c in summary["cells"]}
     assert {"eager", "compile", "compile-bf16" if cpu_supports_bf16() else "compile", "aoti",
-            "torchscript", "onnxruntime", "onnxruntime-fp16", "onnxruntime-int8"} <= ran
+            "torchscript", "onnxruntime", "onnxruntime-fp16", "onnxruntime-int8",
+            "compile-int8", "openvino", "openvino-int8"} <= ran
     assert all(c["status"] == "ok" for c in summary["cells"]), summary["cells"]
     skipped = {s["variant"]: s["reason"] for s in summary["skipped"]}
     assert "CUDA" in skipped["amp-fp16"] and "onnxruntime-trt" in skipped
@@ -85,6 +86,13 @@ def test_variant_all_runs_what_the_cpu_can_and_records_the_rest(cli, workdir):
     data = RunStore().load(summary["run"]).data
     assert data["variants"]["compile"]["options"]["freezing"] is True
     assert data["variants"]["compile"]["cold_start"]["first_inference_s"] > 0
+    # int8 by torchao PT2E: quantized, calibrated on the default data, compiled frozen
+    assert by["compile-int8"]["precision"] == "int8" and by["compile-int8"]["parity_within"]
+    opts = data["variants"]["compile-int8"]["options"]
+    assert opts["freezing"] and "X86InductorQuantizer" in opts["quantizer"]
+    assert opts["calibration"]["source"] == "synthetic"
+    if not cpu_supports_bf16():  # OpenVINO's bf16 would quietly be f32 here: not offered
+        assert "bf16" in skipped["openvino-bf16"] and "compile-int8-bf16" in skipped
 
 
 def test_expand_rules():

@@ -86,6 +86,9 @@ class Backend:
     FIRST_CALL: ClassVar[str] = "warm-up"  # the phase the first timed-shape call is shown as
     MODES: ClassVar[tuple[str, ...]] = ()  # modes a variant may carry (torch.compile's)
     PROFILER: ClassVar[str] = "none"
+    # prepare() also takes ``calibration`` (calibration.Calibration) and ``image_size``:
+    # runtimes that quantize when the session is built (PT2E)
+    CALIBRATED: ClassVar[bool] = False
 
     def supported(self, variant, device: str) -> str | None:
         return None

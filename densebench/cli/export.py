@@ -19,7 +19,8 @@ def export(
     image_size: Annotated[int | None, typer.Option(help="Square input size in pixels (default: the model's).")] = None,
     opset: Annotated[int | None, typer.Option(help="ONNX opset (default 18).")] = None,
     device: Annotated[str, typer.Option(help="Device an aoti package is compiled for: cpu | cuda.")] = "cpu",
-    calib_batches: Annotated[int, typer.Option(help="int8: calibration batches (synthetic data).")] = 8,
+    calib_batches: Annotated[int, typer.Option(help="int8: calibration batches (of 4 images).")] = 8,
+    calib: Annotated[str, typer.Option("--calib", help="int8: calibration data, synthetic | imagefolder:PATH (part of the artifact key).")] = "synthetic",
     force: Annotated[bool, typer.Option("--force", help="Rebuild even if cached (also repairs a corrupted entry).")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON.")] = False,
 ) -> None:
@@ -33,7 +34,7 @@ def export(
     spec = ExportSpec(
         model=model, format=format, precision=precision, weights=weights,
         num_classes=num_classes, batch_size=batch_size, image_size=image_size, opset=opset,
-        device=device, calib_batches=calib_batches,
+        device=device, calib_batches=calib_batches, calib=calib,
     )
     cache = ArtifactCache()
     with status(f"export {model} {format} {precision}", quiet=json_out) as progress:

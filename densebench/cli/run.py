@@ -31,6 +31,7 @@ def run(
     weights: Annotated[str, typer.Option(help="imagenet | random[:SEED] | PATH.")] = "random",
     num_classes: Annotated[int | None, typer.Option(help="Replace the classifier head with N classes.")] = None,
     image_size: Annotated[int | None, typer.Option(help="Square input size (default: the model's).")] = None,
+    calib: Annotated[str | None, typer.Option("--calib", help="int8 calibration data: synthetic (default) | imagefolder:PATH. Part of the artifact key.")] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
     threads: Annotated[int | None, typer.Option(help="Intra-op threads for PyTorch and ONNX Runtime alike (default: PyTorch's).")] = None,
     mode: Annotated[list[str] | None, typer.Option("--mode", help="model (compute only) and/or e2e (host in, host out). Default: both.")] = None,
@@ -76,7 +77,7 @@ def run(
 
     cfg = RunConfig(
         model=model, weights=weights, num_classes=num_classes, image_size=image_size,
-        variants=_csv(variant) or ["eager"], compile_modes=_csv(compile_mode) or ["default"],
+        calib=calib, variants=_csv(variant) or ["eager"], compile_modes=_csv(compile_mode) or ["default"],
         batch_sizes=_ints(batch_size, "--batch-size") or None,
         modes=_csv(mode) or None, device=device, threads=threads, warmup=warmup,
         min_iters=min_iters, min_time=min_time, iters=iters, max_time=max_time,

@@ -1,0 +1,99 @@
+"""OpenVINO IR (``model.xml`` + ``model.bin``): fp32 converted from the PyTorch model
+(``ov.convert_model``, weights kept fp32: ``ov.save_model`` would compress them to fp16),
+and int8 by NNCF post-training quantization of that IR on the run's calibration data.
+
+Why not OpenVINO on densebench's QDQ int8 ONNX file: ``benchmark_app`` was seen to crash
+(segmentation fault while compiling for the CPU) on it on a Zen 4 EPYC with AVX-512 (a
+known OpenVINO crash on virtualised EPYC, openvino#35943); on a Zen 3 EPYC (AVX2) the same
+file compiles and runs. NNCF's IR is OpenVINO's own int8 path: it quantizes the graph
+OpenVINO will run (its FakeQuantize placement), not ONNX Runtime's QDQ pattern.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+MAIN = "model.xml"
+
+
+def require_openvino():
+    try:
+        import openvino as ov
+    except ImportError:
+        from densebench.errors import VariantError
+
+        raise VariantError("openvino variants need OpenVINO: pip install openvino "
+                           "(make install installs it)") from None
+    return ov
+
+
+def export(loaded, spec, out: Path, example: torch.Tensor, cache=None, progress=None
+           ) -> tuple[str, dict]:
+    ov = require_openvino()
+    image_size = example.shape[-1]
+    if spec.precision == "int8":
+        return _export_int8(ov, loaded, spec, out, cache, progress, image_size)
+    import warnings
+
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = ov.convert_model(loaded.module.eval(), example_input=example)
+    model.reshape({model.inputs[0]: ov.PartialShape([-1, 3, image_size, image_size])})
+    ov.save_model(model, str(out / MAIN), compress_to_fp16=False)
+    return MAIN, {"exporter": "openvino.convert_model from PyTorch, fp32 weights, "
+                              "dynamic batch"}
+
+
+def _export_int8(ov, loaded, spec, out: Path, cache, progress, image_size: int):
+    import nncf
+
+    from densebench.exporters import export_artifact
+    from densebench.exporters.onnx import calibration
+
+    base, _ = export_artifact(replace(spec, precision="fp32"), cache, loaded=loaded,
+                              progress=progress)
+    if progress:
+        progress("calibrating int8 (NNCF post-training quantization)")
+    batches = [b.numpy() for b in calibration(spec).batches(image_size,
+                                                             spec.calib_batch_size)]
+    model = ov.Core().read_model(str(base.main_file))
+    import logging
+
+    nncf_log = logging.getLogger("nncf")
+    level = nncf_log.level
+    nncf_log.setLevel(logging.ERROR)
+    try:
+        q = nncf.quantize(model, nncf.Dataset(batches),
+                          subset_size=sum(len(b) for b in batches))
+    finally:
+        nncf_log.setLevel(level)
+    ov.save_model(q, str(out / MAIN), compress_to_fp16=False)
+    return MAIN, {"exporter": "nncf.quantize (post-training, default preset) of the fp32 IR",
+                  "source_artifact": base.key}
+
+
+def compile_model(path: Path, precision: str = "f32", threads: int | None = None,
+                  hint: str = "LATENCY", streams: int | None = None):
+    """The IR compiled for the CPU with the precision asked for, and the one it reads back."""
+    ov = require_openvino()
+    config = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": hint}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = int(threads)
+    if streams:
+        config["NUM_STREAMS"] = int(streams)
+    compiled = ov.Core().compile_model(str(path), "CPU", config)
+    got = compiled.get_property("INFERENCE_PRECISION_HINT")  # an ov.Type: f32, bf16
+    return compiled, got.get_type_name() if hasattr(got, "get_type_name") else str(got)
+
+
+def load(path: Path, device: str, fields: dict):
+    compiled, _ = compile_model(path, "f32")
+    request = compiled.create_infer_request()
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(request.infer({0: x.numpy()})[0].copy())
+
+    return run

@@ -1,0 +1,135 @@
+"""The CPU's fast paths: OpenVINO (f32 set and read back, NNCF int8), ONNX Runtime int8,
+and the one calibration source they and torchao's PT2E int8 share (compile-int8 runs in
+test_run.py's --variant all, which compiles it once)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from densebench.artifacts import ArtifactCache, ExportSpec
+from densebench.exporters import PARITY_THRESHOLDS, export_artifact, parity_within
+
+from .conftest import TINY_SIZE
+
+pytest.importorskip("openvino")
+
+
+def _images(root: Path, n: int) -> Path:
+    """A real image folder (two classes) written by the test."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        d = root / f"class{i % 2}"
+        d.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(d / f"{i}.png")
+    return root
+
+
+def _cells(out: str) -> dict:
+    return {(c["variant"], c["batch_size"]): c for c in json.loads(out)["cells"]}
+
+
+def test_openvino_variants_run_within_their_parity_and_reuse_their_artifacts(cli, workdir):
+    args = ("run", "-m", "densenet-tiny", "--image-size", TINY_SIZE, "-v",
+            "openvino,openvino-int8", "-b", "2", "--mode", "model",
+            "--min-iters", "3", "--min-time", "0.1", "--warmup", "1", "--repeats", "1",
+            "--json")
+    r = cli(*args)
+    assert r.exit_code == 0, r.stderr
+    cells = _cells(r.stdout)
+    for (variant, _), c in cells.items():
+        assert c["status"] == "ok", c
+        precision = "int8" if variant.endswith("int8") else "fp32"
+        assert c["parity_within"] is True, (variant, c["parity_max_abs_error"])
+        assert c["precision"] == precision
+    from densebench.results.store import RunStore
+
+    first = RunStore().list()[-1]
+    info = first.data["variants"]
+    # the f32 variant really ran f32: the precision read back from the compiled model
+    assert info["openvino"]["options"]["inference_precision"] == "f32"
+    assert info["openvino"]["cold_start"]["artifact_cached"] is False
+    r = cli(*args)  # a second run loads the IR files from the cache
+    assert r.exit_code == 0, r.stderr
+    again = RunStore().list()[-1].data["variants"]
+    assert all(again[v]["cold_start"]["artifact_cached"] for v in ("openvino", "openvino-int8"))
+    assert again["openvino"]["artifact"] == info["openvino"]["artifact"]
+    entries = [p.name for p in (workdir / "artifacts").iterdir()]
+    assert any("openvino-fp32" in e for e in entries) and any("openvino-int8" in e
+                                                                 for e in entries)
+    manifest = json.loads(next((workdir / "artifacts").glob("*openvino-int8*/manifest.json"))
+                          .read_text())
+    assert manifest["fields"]["calibration"]["source"] == "synthetic"
+    assert {"model.xml", "model.bin"} <= set(manifest["files"])
+
+
+def test_the_calibration_source_is_part_of_the_artifact_key(workdir):
+    folder = _images(workdir / "calib", 8)
+    cache = ArtifactCache(workdir / "artifacts")
+    keys = {}
+    for calib in ("synthetic", f"imagefolder:{folder}"):
+        for fmt in ("onnx", "openvino"):
+            art, _ = export_artifact(ExportSpec("densenet-tiny", fmt, "int8",
+                                                image_size=TINY_SIZE, calib=calib,
+                                                calib_batches=2), cache)
+            keys[(calib.split(":")[0], fmt)] = art
+    assert keys[("synthetic", "onnx")].key != keys[("imagefolder", "onnx")].key
+    assert keys[("synthetic", "openvino")].key != keys[("imagefolder", "openvino")].key
+    ident = keys[("imagefolder", "openvino")].fields["calibration"]
+    assert ident["source"] == "imagefolder" and ident["images"] == 8
+    assert ident["path"] == str(folder.resolve()) and ident["files_sha256"]
+    # the BatchNorms quant_pre_process folds, and the ones that stay fp32, are recorded
+    bn = keys[("synthetic", "onnx")].manifest["batchnorm_nodes"]
+    assert bn["after_pre_process"] < bn["in_the_model"]
+
+
+def test_parity_thresholds_by_precision():
+    assert PARITY_THRESHOLDS["int8"] > PARITY_THRESHOLDS["bf16"] > PARITY_THRESHOLDS["fp32"]
+    p = {"max_abs_error": 0.05, "max_abs_reference": 1.0}
+    assert parity_within("int8", p) is True and parity_within("fp32", p) is False
+    assert parity_within("fp32", None) is None
+
+
+@pytest.mark.parametrize("extra,needle", [
+    (["--calib", "imagefolder:/nonexistent/calib"], "--calib: imagefolder /nonexistent/calib "
+                                                    "does not exist"),
+    (["--calib", "cifar:x"], "--calib 'cifar:x': use synthetic or imagefolder:PATH"),
+])
+def test_bad_calibration_is_one_line_and_leaves_the_cache_alone(cli, workdir, extra, needle):
+    r = cli("run", "-m", "densenet-tiny", "--image-size", TINY_SIZE, "-v", "openvino-int8",
+            "-b", "2", *extra)
+    assert r.exit_code == 2 and needle in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert not (workdir / "artifacts").exists() and not (workdir / "runs").exists()
+
+
+def test_a_calibration_set_smaller_than_the_batch_is_refused(cli, workdir):
+    folder = _images(workdir / "few", 3)
+    r = cli("run", "-m", "densenet-tiny", "--image-size", TINY_SIZE, "-v", "compile-int8",
+            "-b", "4", "--calib", f"imagefolder:{folder}")
+    assert r.exit_code == 2, r.stderr
+    assert "has 3 images, fewer than the batch of 4" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert not (workdir / "artifacts").exists()
+
+
+def test_openvino_without_openvino_and_on_a_gpu_say_why(workdir):
+    from densebench.backends import get_backend
+    from densebench.variants import get_variant
+
+    why = get_backend("openvino").supported(get_variant("openvino"), "cuda")
+    assert "runs on the CPU" in why
+    code = ("import sys; sys.modules['openvino'] = None\n"
+            "from densebench.cli import main\n"
+            "sys.argv = ['densebench', 'run', '-m', 'densenet-tiny', '-v', 'openvino', "
+            "'--device', 'cpu']\nmain()")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert p.returncode != 0 and "pip install openvino" in p.stderr, p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1, p.stderr
