@@ -65,9 +65,13 @@ def _export_int8(ov, loaded, spec, out: Path, cache, progress, image_size: int):
     nncf_log = logging.getLogger("nncf")
     level = nncf_log.level
     nncf_log.setLevel(logging.ERROR)
-    try:
-        q = nncf.quantize(model, nncf.Dataset(batches),
-                          subset_size=sum(len(b) for b in batches))
+    import contextlib
+    import io
+
+    try:  # NNCF draws a progress bar on stdout: that is `--json`'s channel
+        with contextlib.redirect_stdout(io.StringIO()):
+            q = nncf.quantize(model, nncf.Dataset(batches),
+                              subset_size=sum(len(b) for b in batches))
     finally:
         nncf_log.setLevel(level)
     ov.save_model(q, str(out / MAIN), compress_to_fp16=False)
