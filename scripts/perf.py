@@ -10,6 +10,9 @@
    batch 16, same variant, same process, alternating rounds (target: within 5%).
 5. `densebench search` itself: the highest Server QPS with p99 <= 100 ms for the best CPU
    variants, the command that reproduces it, and how long the search took.
+6. densebench's `openvino` (and `openvino-bf16` where the CPU has bf16) against OpenVINO's
+   own `benchmark_app` on the same IR from the cache, latency hint, batch 16, alternating
+   rounds (target: within 5%).
 
 Writes the figures, with the command that produced them, to docs/performance.md.
 """
@@ -157,12 +160,50 @@ def time_to_first_iteration(repeats: int) -> dict:
     return {"seconds": statistics.median(times), "all": times, "command": " ".join(cmd[1:])}
 
 
-SECTIONS = (1, 2, 3, 4, 5)
+def openvino_side_by_side(rounds: int, seconds: int) -> dict:
+    """`benchmark_app` and `densebench run -v openvino` on the same IR, alternating."""
+    import shutil
+
+    from densebench.artifacts import ArtifactCache, ExportSpec
+    from densebench.environment import cpu_supports_bf16
+    from densebench.exporters import export_artifact
+
+    app = shutil.which("benchmark_app") or str(Path(sys.executable).parent / "benchmark_app")
+    ir, _ = export_artifact(ExportSpec("densenet121", "openvino", "fp32"), ArtifactCache())
+    pairs = [("openvino", "f32")] + ([("openvino-bf16", "bf16")] if cpu_supports_bf16()
+                                     else [])
+    out = {"rounds": [], "seconds": seconds, "ir": ir.key, "pairs": [v for v, _ in pairs]}
+    for r in range(rounds):
+        for variant, prec in pairs:
+            ba = subprocess.run([app, "-m", str(ir.main_file), "-d", "CPU", "-hint", "latency",
+                                 "-shape", "[16,3,224,224]", "-infer_precision", prec, "-t",
+                                 str(seconds)], capture_output=True, text=True)
+            m = re.search(r"Throughput:\s+([\d.]+) FPS", ba.stdout)
+            if not m:
+                raise SystemExit(f"benchmark_app failed: {(ba.stdout + ba.stderr)[-400:]}")
+            db = subprocess.run(
+                [sys.executable, "-m", "densebench", "run", "-m", "densenet121", "-v", variant,
+                 "-b", "16", "--mode", "model", "--repeats", "1", "--min-time", str(seconds),
+                 "--min-iters", "3", "--warmup", "2", "--device", "cpu", "--json"],
+                capture_output=True, text=True)
+            if db.returncode != 0:
+                raise SystemExit(f"densebench run failed: {db.stderr.strip()[-400:]}")
+            cell = json.loads(db.stdout)["cells"][0]
+            out["rounds"].append({"round": r + 1, "variant": variant, "precision": prec,
+                                  "benchmark_app_fps": float(m.group(1)),
+                                  "densebench_img_s": cell["throughput"],
+                                  "ratio": cell["throughput"] / float(m.group(1))})
+    out["median_ratio"] = {v: statistics.median(x["ratio"] for x in out["rounds"]
+                                                if x["variant"] == v) for v, _ in pairs}
+    return out
+
+
+SECTIONS = (1, 2, 3, 4, 5, 6)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sections", default="1,2,3,4,5",
+    ap.add_argument("--sections", default="1,2,3,4,5,6",
                     help="which figures to measure; the others stay as docs/ has them")
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--iters", type=int, default=60)
@@ -175,6 +216,8 @@ def main() -> None:
     ap.add_argument("--search-variants", default="onnxruntime,onnxruntime-int8")
     ap.add_argument("--search-max-batch", default="1,4")
     ap.add_argument("--search-max-time", default="20m")
+    ap.add_argument("--openvino-rounds", type=int, default=3)
+    ap.add_argument("--openvino-seconds", type=int, default=15)
     ap.add_argument("--out", default=str(REPO / "docs" / "performance.md"))
     args = ap.parse_args()
     wanted = [int(x) for x in args.sections.split(",")]
@@ -211,6 +254,11 @@ def main() -> None:
                               args.search_max_time)
         print(f"    {srch['best']} in {srch['seconds']:.0f} s", flush=True)
         texts[5] = _section_search(srch)
+    if 6 in wanted:
+        print("6/6 openvino against benchmark_app on the same IR, batch 16 ...", flush=True)
+        sbs = openvino_side_by_side(args.openvino_rounds, args.openvino_seconds)
+        print(f"    densebench/benchmark_app median {sbs['median_ratio']}", flush=True)
+        texts[6] = _section_openvino(sbs)
     write_doc(Path(args.out), texts)
 
 
@@ -321,6 +369,30 @@ def _section_loadgen(lgo: dict) -> str:
 {_rounds(lgo)}
 
 Median ratio: **{lgo['ratio']:.4f}** (target: within 5%, {_met(abs(lgo['ratio'] - 1) <= 0.05)}).
+"""
+
+
+def _section_openvino(sbs: dict) -> str:
+    rows = "\n".join(f"| {x['round']} | {x['variant']} ({x['precision']}) | "
+                     f"{x['benchmark_app_fps']:.2f} | {x['densebench_img_s']:.2f} | "
+                     f"{x['ratio']:.3f} |" for x in sbs["rounds"])
+    med = ", ".join(f"{v} **{r:.3f}** ({_met(abs(r - 1) <= 0.05)})"
+                    for v, r in sbs["median_ratio"].items())
+    return f"""## 6. OpenVINO: densebench against `benchmark_app` on the same IR
+
+{_stamp()}
+
+densenet121 fp32 IR from the cache (`{sbs['ir']}`), batch 16, latency hint, {sbs['seconds']} s
+each, alternating: `benchmark_app -m <ir>/model.xml -d CPU -hint latency -shape
+"[16,3,224,224]" -infer_precision <f32|bf16> -t {sbs['seconds']}` and `densebench run -m
+densenet121 -v <openvino|openvino-bf16> -b 16 --mode model --repeats 1 --min-time
+{sbs['seconds']}`. `openvino-bf16` only where the CPU has native bf16.
+
+| round | variant | benchmark_app FPS | densebench img/s | densebench / benchmark_app |
+|---|---|---|---|---|
+{rows}
+
+Median ratio: {med} (target: within 5%).
 """
 
 
