@@ -29,11 +29,10 @@ def _require_torchao():
 class QuantizedByBatch:
     """The int8 model, exported, calibrated and compiled per batch size on first use."""
 
-    def __init__(self, module: torch.nn.Module, calibration, image_size: int, bf16: bool):
+    def __init__(self, module: torch.nn.Module, calibration, image_size: int):
         self.module = module
         self.calibration = calibration
         self.image_size = image_size
-        self.bf16 = bf16
         self.compiled: dict[int, object] = {}
 
     def _build(self, batch: int):
@@ -41,7 +40,9 @@ class QuantizedByBatch:
 
         xiq, prepare_pt2e, convert_pt2e = _require_torchao()
         batches = self.calibration.batches(self.image_size, batch)
-        with torch.no_grad():
+        # quantized in fp32 even under the session's bf16 autocast (int8-mixed-bf16 runs
+        # the compiled model under autocast, as the session does)
+        with torch.no_grad(), torch.autocast("cpu", enabled=False):
             exported = torch.export.export(self.module, (batches[0],)).module()
             quantizer = xiq.X86InductorQuantizer()
             quantizer.set_global(xiq.get_default_x86_inductor_quantization_config())
@@ -56,11 +57,7 @@ class QuantizedByBatch:
         fn = self.compiled.get(len(x))
         if fn is None:
             fn = self.compiled[len(x)] = self._build(len(x))
-        with torch.no_grad():
-            if self.bf16:
-                with torch.autocast("cpu", dtype=torch.bfloat16):
-                    return fn(x)
-            return fn(x)
+        return fn(x)
 
 
 @register_backend
@@ -87,12 +84,8 @@ class Pt2eBackend(TorchBackend):
         from densebench.calibration import Calibration
 
         calib = calibration or Calibration()
-        fn = QuantizedByBatch(loaded.module.eval(), calib, image_size
-                              or loaded.default_image_size,
-                              bf16=variant.options.get("autocast") == "bf16")
-        session = self.session(variant, device, fn, {
+        fn = QuantizedByBatch(loaded.module.eval(), calib,
+                              image_size or loaded.default_image_size)
+        return self.session(variant, device, fn, {  # the session enters bf16 autocast
             "quantizer": "X86InductorQuantizer (static, per-channel weights)",
             "calibration": calib.identity(), "freezing": True, "dynamic": False})
-        session.autocast = None  # QuantizedByBatch enters bf16 autocast itself
-        session._dtype = None
-        return session
