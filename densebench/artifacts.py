@@ -37,7 +37,7 @@ FORMATS: dict[str, tuple[str, ...]] = {
     "torchscript": ("fp32",),
     "onnx": ("fp32", "fp16", "int8"),
     "openvino": ("fp32", "int8"),  # IR (model.xml + model.bin); int8 by NNCF
-    "aoti": ("fp32",),
+    "aoti": ("fp32", "int8"),  # int8: torchao PT2E, compiled with freezing
     "checkpoint": ("fp32", "fp16"),
 }
 
@@ -120,6 +120,10 @@ def _versions(fmt: str, precision: str) -> dict[str, str]:
         v["openvino"] = distribution_version("openvino")
         if precision == "int8":
             v["nncf"] = distribution_version("nncf")
+    if fmt == "aoti" and precision == "int8":
+        from densebench.backends import distribution_version
+
+        v["torchao"] = distribution_version("torchao")
     return v
 
 
@@ -156,6 +160,8 @@ def key_fields(spec: ExportSpec, weights_id: str, image_size: int, num_classes: 
             **({"method": "minmax", "format": "QDQ", "per_channel": True,
                 "activations": "uint8", "weights": "int8", "pre_process": True}
                if spec.format == "onnx" else
+               {"method": "torchao PT2E, X86InductorQuantizer default config"}
+               if spec.format == "aoti" else
                {"method": "nncf.quantize (post-training, mixed preset)"}),
         }
     return fields

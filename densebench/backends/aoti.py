@@ -11,6 +11,16 @@ class AotiBackend(TorchBackend):
     NAME = "aoti"
     DESCRIPTION = "torch.export + AOTInductor package from the artifact cache"
 
+    def supported(self, variant, device: str) -> str | None:
+        if variant.precision == "int8":
+            from densebench.quantize import require_torchao
+
+            if device != "cpu":
+                return f"{variant.name} runs on the CPU (the x86 Inductor quantizer)"
+            if require_torchao() is None:
+                return f"{variant.name} needs torchao: pip install torchao"
+        return super().supported(variant, device)
+
     def prepare(self, variant, loaded, device, *, artifact=None, threads=None,
                 profile_dir=None):
         from densebench.exporters import load_artifact

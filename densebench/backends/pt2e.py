@@ -1,7 +1,7 @@
 """int8 with torchao's PT2E static quantization and torch.compile: the x86 Inductor
 quantizer, calibrated on the run's calibration data (``densebench.calibration``), then
-compiled with freezing (Inductor's int8 passes need it). In torch 2.14 PT2E lives in
-``torchao``, not ``torch.ao``.
+compiled with freezing (Inductor's int8 passes need it); ``densebench.quantize`` does the
+quantizing. The ``aoti-int8`` variant is the same model compiled once into the cache.
 
 Shapes are static: a batch size is exported, calibrated on batches of that size and
 compiled on its first call (shown as ``compile``), so each batch size pays once. Variant
@@ -15,15 +15,7 @@ import torch
 
 from densebench.backends import register_backend
 from densebench.backends._torch import TorchBackend
-
-
-def _require_torchao():
-    try:
-        import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as xiq
-        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
-    except ImportError:
-        return None
-    return xiq, prepare_pt2e, convert_pt2e
+from densebench.quantize import QUANTIZER, quantize_pt2e, require_torchao
 
 
 class QuantizedByBatch:
@@ -38,18 +30,7 @@ class QuantizedByBatch:
     def _build(self, batch: int):
         import torch._inductor.config as inductor_config
 
-        xiq, prepare_pt2e, convert_pt2e = _require_torchao()
-        batches = self.calibration.batches(self.image_size, batch)
-        # quantized in fp32 even under the session's bf16 autocast (int8-mixed-bf16 runs
-        # the compiled model under autocast, as the session does)
-        with torch.no_grad(), torch.autocast("cpu", enabled=False):
-            exported = torch.export.export(self.module, (batches[0],)).module()
-            quantizer = xiq.X86InductorQuantizer()
-            quantizer.set_global(xiq.get_default_x86_inductor_quantization_config())
-            prepared = prepare_pt2e(exported, quantizer)
-            for x in batches:
-                prepared(x)
-            converted = convert_pt2e(prepared)
+        converted = quantize_pt2e(self.module, self.calibration.batches(self.image_size, batch))
         inductor_config.freezing = True  # the int8 passes run on frozen weights
         return torch.compile(converted, dynamic=False)
 
@@ -70,7 +51,7 @@ class Pt2eBackend(TorchBackend):
     def supported(self, variant, device: str) -> str | None:
         if device != "cpu":
             return f"{variant.name} runs on the CPU (the x86 Inductor quantizer)"
-        if _require_torchao() is None:
+        if require_torchao() is None:
             return f"{variant.name} needs torchao: pip install torchao"
         return super().supported(variant, device)
 
@@ -87,5 +68,5 @@ class Pt2eBackend(TorchBackend):
         fn = QuantizedByBatch(loaded.module.eval(), calib,
                               image_size or loaded.default_image_size)
         return self.session(variant, device, fn, {  # the session enters bf16 autocast
-            "quantizer": "X86InductorQuantizer (static, per-channel weights)",
+            "quantizer": QUANTIZER,
             "calibration": calib.identity(), "freezing": True, "dynamic": False})

@@ -1,4 +1,11 @@
-"""torch.export + AOTInductor: the ExportedProgram and a compiled package for one device."""
+"""torch.export + AOTInductor: the ExportedProgram and a compiled package for one device.
+
+int8: the model quantized with torchao's PT2E x86 Inductor quantizer on the spec's
+calibration data (``densebench.quantize``, as ``compile-int8`` does at run time), then
+compiled once with freezing (Inductor's int8 passes fuse Q/DQ pairs into int8
+convolutions only on frozen weights). Loading it later takes seconds where
+``compile-int8`` quantizes and compiles again in every process.
+"""
 
 from __future__ import annotations
 
@@ -22,6 +29,8 @@ def export(loaded, spec, out: Path, example: torch.Tensor, progress=None, **_) -
     dynamic = None
     if spec.dynamic:
         dynamic = {"x": {0: torch.export.Dim("batch", min=1, max=4096)}}
+    if spec.precision == "int8":
+        return _export_int8(module, spec, out, example.shape[-1], progress)
     try:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -33,6 +42,36 @@ def export(loaded, spec, out: Path, example: torch.Tensor, progress=None, **_) -
     finally:
         loaded.module.to("cpu")
     return MAIN, {"exporter": "torch.export + AOTInductor", "program": PROGRAM}
+
+
+def _export_int8(module, spec, out: Path, image_size: int, progress) -> tuple[str, dict]:
+    from densebench.errors import ExportError
+    from densebench.exporters.onnx import calibration
+    from densebench.quantize import QUANTIZER, quantize_pt2e, require_torchao
+
+    if spec.device != "cpu":
+        raise ExportError(f"aoti int8 is built for the CPU (the x86 Inductor quantizer), "
+                          f"not {spec.device}: use --device cpu")
+    if require_torchao() is None:
+        raise ExportError("aoti int8 needs torchao: pip install torchao "
+                          "(make install installs it)")
+    calib = calibration(spec)
+    batches = calib.batches(image_size, spec.calib_batch_size)
+    if progress:
+        progress("quantizing int8 (PT2E, calibrating)")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        converted = quantize_pt2e(module.eval(), batches, dynamic_batch=spec.dynamic)
+        dynamic = ({"x": {0: torch.export.Dim("batch", min=1, max=4096)}}
+                   if spec.dynamic else None)
+        with torch.no_grad():
+            program = torch.export.export(converted, (batches[0],), dynamic_shapes=dynamic)
+            if progress:
+                progress("compiling with AOTInductor, frozen int8 (this takes a while)")
+            torch._inductor.aoti_compile_and_package(
+                program, package_path=str(out / MAIN), inductor_configs={"freezing": True})
+    return MAIN, {"exporter": "torchao PT2E int8 + torch.export + AOTInductor (freezing)",
+                  "quantizer": QUANTIZER, "calibration": calib.identity()}
 
 
 def load(path: Path, device: str, fields: dict):

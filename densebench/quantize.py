@@ -1,0 +1,41 @@
+"""PT2E static int8 with torchao's x86 Inductor quantizer, shared by ``compile-int8``
+(torch.compile at run time) and the ``aoti`` int8 artifact (compiled once, cached).
+
+In torch 2.14 PT2E lives in ``torchao``, not ``torch.ao``. Weights are quantized per
+channel, activations per tensor, calibrated on the batches given (``densebench.calibration``).
+"""
+
+from __future__ import annotations
+
+import torch
+
+QUANTIZER = "X86InductorQuantizer (static, per-channel weights)"
+
+
+def require_torchao():
+    """torchao's PT2E pieces, or None when torchao is not installed."""
+    try:
+        import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as xiq
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    except ImportError:
+        return None
+    return xiq, prepare_pt2e, convert_pt2e
+
+
+def quantize_pt2e(module: torch.nn.Module, batches: list[torch.Tensor],
+                  dynamic_batch: bool = False) -> torch.fx.GraphModule:
+    """``module`` exported, observed on ``batches`` and converted to int8 (Q/DQ pairs the
+    Inductor int8 passes fuse when compiled with freezing). ``dynamic_batch``: the batch
+    axis stays symbolic (one artifact for every batch size)."""
+    xiq, prepare_pt2e, convert_pt2e = require_torchao()
+    shapes = {"x": {0: torch.export.Dim("batch", min=1, max=4096)}} if dynamic_batch else None
+    # quantized in fp32 even under a bf16 autocast (int8-mixed-bf16 runs the compiled
+    # model under autocast, as the session does)
+    with torch.no_grad(), torch.autocast("cpu", enabled=False):
+        exported = torch.export.export(module, (batches[0],), dynamic_shapes=shapes).module()
+        quantizer = xiq.X86InductorQuantizer()
+        quantizer.set_global(xiq.get_default_x86_inductor_quantization_config())
+        prepared = prepare_pt2e(exported, quantizer)
+        for x in batches:
+            prepared(x)
+        return convert_pt2e(prepared)
