@@ -50,6 +50,18 @@ class Prepared:
                                     artifact=self.artifact, threads=self.threads,
                                     **self.context)
 
+    def sessions(self, n: int) -> list[Session]:
+        """``n`` serving instances: the backend's own multi-stream form where it has one
+        (OpenVINO: one compiled model, ``n`` streams), else ``n`` sessions of their own."""
+        if n > 1:
+            many = self.backend.instance_sessions(self.variant, self.loaded, self.device, n,
+                                                  artifact=self.artifact,
+                                                  threads=self.threads, **self.context)
+            if many is not None:
+                self.session = many[0]  # what the run records is what served
+                return many
+        return [self.session] + [self.another_session() for _ in range(n - 1)]
+
     def info(self) -> dict:
         """What a run records about the prepared variant."""
         v = self.variant

@@ -136,8 +136,7 @@ def search_combination(payload: dict, emit: Emit) -> None:
                                    payload["threads"], phase=phase)
         phase("sample library")
         library = SampleLibrary.build(prepared, cfg.samples, cfg.data)
-        sessions = [prepared.session] + [prepared.another_session()
-                                         for _ in range(instances - 1)]
+        sessions = prepared.sessions(instances)
         phase("warm-up")
         timing = warm_up(sessions, library, max_batch)
         per_batch_s = timing["batch_ms"] / 1e3

@@ -97,6 +97,12 @@ class Backend:
                 profile_dir: Path | None = None) -> Session:
         raise NotImplementedError
 
+    def instance_sessions(self, variant, loaded, device: str, n: int, *, artifact=None,
+                          threads: int | None = None, **context) -> list[Session] | None:
+        """``n`` sessions serving at once from the runtime's own multi-stream form, each
+        with ``threads``; None: the runtime has none (each instance is a prepare of its own)."""
+        return None
+
     def versions(self) -> dict[str, str | None]:
         return {}
 

@@ -3,8 +3,10 @@
 The execution precision is set explicitly and read back from the compiled model: on a CPU
 with AVX512_BF16 or AMX the plugin runs bf16 unless told f32, which would mislabel an
 "fp32" result. ``openvino-bf16`` needs a CPU with native bf16 (elsewhere the plugin quietly
-stays f32). Latency hint, one stream, the run's threads; serving several streams at once is
-the LoadGen scenarios' ``--instances`` (each instance a compiled model of its own).
+stays f32). Latency hint, one stream, the run's threads. Serving several at once (the
+LoadGen scenarios' ``--instances N``) is OpenVINO's own multi-stream form: one model
+compiled with the throughput hint and N streams (N x the threads), one infer request per
+instance; the hint and the streams read back are recorded with the result.
 """
 
 from __future__ import annotations
@@ -58,19 +60,34 @@ class OpenVinoBackend(Backend):
 
     def prepare(self, variant, loaded, device, *, artifact=None, threads=None,
                 profile_dir=None):
+        compiled, got = self._compile(variant, artifact, threads, "LATENCY", None)
+        return self._session(variant, device, compiled, got, threads, artifact)
+
+    def instance_sessions(self, variant, loaded, device, n, *, artifact=None, threads=None,
+                          **context):
+        total = threads * n if threads else None
+        compiled, got = self._compile(variant, artifact, total, "THROUGHPUT", n)
+        return [self._session(variant, device, compiled, got, threads, artifact)
+                for _ in range(n)]
+
+    def _compile(self, variant, artifact, threads, hint: str, streams: int | None):
         from densebench.errors import VariantError
         from densebench.exporters.openvino import compile_model
 
         artifact.verify()
         artifact.touch()
         asked = _PRECISION[variant.precision]
-        compiled, got = compile_model(artifact.main_file, asked, threads)
+        compiled, got = compile_model(artifact.main_file, asked, threads, hint, streams)
         if got != asked:
             raise VariantError(f"{variant.name}: OpenVINO compiled with {got} where {asked} "
                                "was asked for: refusing a mislabelled result")
+        return compiled, got
+
+    def _session(self, variant, device, compiled, got: str, threads, artifact):
         return OpenVinoSession(
             label=variant.label, device=device, timer="host",
-            options={"inference_precision": got, "performance_hint": "LATENCY",
+            options={"inference_precision": got,
+                     "performance_hint": str(compiled.get_property("PERFORMANCE_HINT")),
                      "num_streams": int(compiled.get_property("NUM_STREAMS")),
                      "threads": threads, "artifact": artifact.key},
             request=compiled.create_infer_request())

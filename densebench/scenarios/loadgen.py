@@ -277,8 +277,7 @@ class LoadGenScenario(Scenario):
             for planned in cells:
                 emit({"event": "cell", "cell": planned.failed(one_line(e)).to_dict()})
             return
-        sessions = [prepared.session] + [prepared.another_session()
-                                         for _ in range(settings["instances"] - 1)]
+        sessions = prepared.sessions(settings["instances"])
         for planned in cells:
             try:
                 cell = self.run_cell(lg, prepared, sessions, library, planned, settings,
@@ -291,6 +290,8 @@ class LoadGenScenario(Scenario):
                  emit: Emit, workdir: Path) -> Cell:
         s = dict(settings, max_batch=planned.batch_size,
                  threads_per_instance=prepared.threads)
+        if len(sessions) > 1:  # how the runtime serves them (OpenVINO: hint and streams)
+            s["instance_options"] = dict(sessions[0].options)
         label = prepared.variant.label
         # warm-up with the shapes the batcher will use; time one sample and a full batch
         emit({"event": "phase", "variant": label, "phase": "warm-up",
