@@ -303,7 +303,7 @@ def run_benchmark(cfg: RunConfig, *, progress: Emit | None = None, store=None):
     from densebench.results.store import RunStore
     from densebench.scenarios import get_scenario
     from densebench.scenarios.loadgen import check_cores, is_loadgen
-    from densebench.variants import expand
+    from densebench.variants import expand, left_out
 
     emit = progress or (lambda ev: None)
     device = resolve_device(cfg.device)
@@ -337,6 +337,7 @@ def run_benchmark(cfg: RunConfig, *, progress: Emit | None = None, store=None):
             "image_size": image_size, **macs,
         },
         "skipped": skipped,
+        "not_in_quick": left_out(cfg.variants, variants, device),
         "plan": [v.label for v in variants],
         "timeline": {"first_timed_iteration_s": None},
         "warnings": warnings,

@@ -426,7 +426,7 @@ def _check_value(axis: str, v, where: str, in_table: str | None = None):
     from densebench.measure.engine import MODES
     from densebench.models import list_models
     from densebench.scenarios import scenarios
-    from densebench.variants import VariantError, get_variant, variants
+    from densebench.variants import GROUPS, VariantError, get_variant, variants
 
     at = f"[[{in_table}]] {AXES[axis]}" if in_table else axis
     if axis in ("batch_sizes", "image_sizes", "threads"):
@@ -444,7 +444,7 @@ def _check_value(axis: str, v, where: str, in_table: str | None = None):
             raise SweepError(f"{where}: {at}: unknown model {v!r}: see `densebench models` "
                              f"(registered: {', '.join(list_models())})")
     elif axis == "variants":
-        if v == "all":
+        if v in GROUPS:
             raise SweepError(f"{where}: {at}: name the variants (a sweep runs on machines "
                              f"that differ): choose from {', '.join(variants())}")
         try:

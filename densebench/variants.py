@@ -102,6 +102,9 @@ for _v in [
     Variant("compile-int8-bf16", "pt2e",
             "torchao PT2E int8 with the rest in bf16 + torch.compile, freezing",
             precision="int8", options={"autocast": "bf16"}),
+    Variant("aoti-int8", "aoti",
+            "the compile-int8 model (torchao PT2E) as an AOTInductor package from the cache",
+            precision="int8", artifact=("aoti", "int8")),
     Variant("openvino", "openvino", "OpenVINO CPU plugin, f32 set and read back",
             artifact=("openvino", "fp32")),
     Variant("openvino-bf16", "openvino", "OpenVINO CPU plugin, bf16 inference precision",
@@ -110,6 +113,29 @@ for _v in [
             precision="int8", artifact=("openvino", "int8")),
 ]:
     register_variant(_v)
+
+
+# ``--variant quick``: `make bench`'s default, the quick answer. Each runtime at fp32 and at
+# its fastest reduced precision, all of them prepared from the artifact cache (exported or
+# compiled once, loaded in seconds afterwards): PyTorch eager (the baseline, bf16 autocast
+# where the CPU has bf16), Inductor's int8 (the AOTInductor package: `compile-int8` would
+# compile again in every run), ONNX Runtime and OpenVINO. ``all`` adds the rest.
+QUICK = ("eager", "amp-bf16", "aoti-int8", "onnxruntime", "onnxruntime-int8", "openvino",
+         "openvino-bf16", "openvino-int8")
+GROUPS = ("all", "quick")
+
+
+def _members(group: str) -> list[str]:
+    return list(variants()) if group == "all" else list(QUICK)
+
+
+def left_out(names: list[str], chosen: list[Variant], device: str) -> list[str]:
+    """Variants ``device`` could run that a ``quick`` selection did not include."""
+    if "quick" not in names or "all" in names:
+        return []
+    labels = {c.name for c in chosen}
+    return [n for n, v in variants().items()
+            if n not in labels and v.unsupported_reason(device) is None]
 
 
 def get_variant(name: str) -> Variant:
@@ -135,9 +161,9 @@ def expand(names: list[str], modes: list[str], device: str | None
     """The variants to run and the ones skipped (with why), in order, without repeats.
 
     ``modes`` apply to variants whose backend has modes (torch.compile's); ``all`` means
-    every variant, skipping those the device cannot run; a variant named explicitly that
-    the device cannot run is an error. ``device=None``: no check here (a sweep's node
-    decides what it can run).
+    every variant and ``quick`` the ``QUICK`` set, skipping those the device cannot run; a
+    variant named explicitly that the device cannot run is an error. ``device=None``: no
+    check here (a sweep's node decides what it can run).
     """
     offered = {m for v in variants().values() for m in v.modes}
     for m in modes:
@@ -146,9 +172,9 @@ def expand(names: list[str], modes: list[str], device: str | None
                                f"{', '.join(sorted(offered))}")
     chosen: list[Variant] = []
     skipped: list[dict] = []
-    explicit = [n for n in names if n != "all"]
+    explicit = [n for n in names if n not in GROUPS]
     for n in names:
-        pool = list(variants()) if n == "all" else [n]
+        pool = _members(n) if n in GROUPS else [n]
         for name in pool:
             v = get_variant(name)
             if ":" in name:
@@ -163,7 +189,7 @@ def expand(names: list[str], modes: list[str], device: str | None
                 reason = None if device is None else one.unsupported_reason(device)
                 if reason is None:
                     chosen.append(one)
-                elif n == "all" and name not in explicit:
+                elif n in GROUPS and name not in explicit:
                     if not any(s["variant"] == one.label for s in skipped):
                         skipped.append({"variant": one.label, "reason": reason})
                 else:

@@ -133,3 +133,58 @@ def test_openvino_without_openvino_and_on_a_gpu_say_why(workdir):
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert p.returncode != 0 and "pip install openvino" in p.stderr, p.stderr
     assert len(p.stderr.strip().splitlines()) == 1, p.stderr
+
+
+def test_aoti_int8_is_compiled_once_into_the_cache_and_loaded_from_it(cli, workdir):
+    """The compile-int8 model (torchao PT2E) as an AOTInductor package: the first run
+    quantizes and compiles it into the cache, the second loads it (no quantizing, no
+    compiling), and both agree with fp32 within int8's threshold."""
+    args = ("run", "-m", "densenet-tiny", "--image-size", TINY_SIZE, "-v", "aoti-int8",
+            "-b", "1,2", "--mode", "model", "--min-iters", "3", "--min-time", "0.1",
+            "--warmup", "1", "--repeats", "1", "--json")
+    from densebench.results.store import RunStore
+
+    loads = []
+    for _ in range(2):
+        r = cli(*args)
+        assert r.exit_code == 0, r.stderr
+        cells = _cells(r.stdout)
+        assert set(cells) == {("aoti-int8", 1), ("aoti-int8", 2)}  # one package, any batch
+        for c in cells.values():
+            assert c["status"] == "ok" and c["precision"] == "int8", c
+            assert c["parity_within"] is True, c["parity_max_abs_error"]
+        loads.append(RunStore().list()[-1].data["variants"]["aoti-int8"]["cold_start"])
+    assert loads[0]["artifact_cached"] is False and loads[0]["export_s"] > 0
+    assert loads[1]["artifact_cached"] is True and loads[1]["export_s"] == 0.0
+    (entry,) = (workdir / "artifacts").glob("*aoti-int8*")
+    fields = json.loads((entry / "manifest.json").read_text())["fields"]
+    assert fields["calibration"]["source"] == "synthetic" and "torchao" in fields["versions"]
+    assert fields["dynamic_axes"] == ["batch"] and fields["device"] == "cpu"
+
+
+def test_openvino_serves_instances_as_streams_of_one_throughput_model(cli, workdir):
+    """--instances 2 with OpenVINO in the offline scenario: one model compiled with the
+    throughput hint and 2 streams (read back from OpenVINO), one request per instance,
+    recorded with the cell; the single-stream result keeps the latency hint."""
+    import os
+
+    base = ("run", "-m", "densenet-tiny", "--image-size", TINY_SIZE, "-v", "openvino",
+            "--samples", "32", "--duration", "1s", "--max-batch", "2", "--no-isolate",
+            "--json")
+    r = cli(*base, "--scenario", "offline", "--instances", "2", "--threads", "1",
+            *(["--oversubscribe"] if (os.cpu_count() or 1) < 2 else []))
+    assert r.exit_code == 0, r.stderr
+    from densebench.results.store import RunStore
+
+    (c,) = RunStore().load(json.loads(r.stdout)["run"]).cells
+    assert c.ok and c.scenario_settings["instances"] == 2, c.error
+    served = c.scenario_settings["instance_options"]
+    assert served["performance_hint"] == "THROUGHPUT" and served["num_streams"] == 2
+    assert served["inference_precision"] == "f32" and served["threads"] == 1
+    assert c.stats["throughput"] > 0 and c.loadgen["query_count"] >= 1
+    r = cli(*base, "--scenario", "single-stream")
+    assert r.exit_code == 0, r.stderr
+    rec = RunStore().load(json.loads(r.stdout)["run"])
+    assert "instance_options" not in rec.cells[0].scenario_settings
+    assert rec.data["variants"]["openvino"]["options"]["performance_hint"] == "LATENCY"
+    assert rec.data["variants"]["openvino"]["options"]["num_streams"] == 1

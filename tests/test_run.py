@@ -76,7 +76,7 @@ def test_variant_all_runs_what_the_cpu_can_and_records_the_rest(cli, workdir):
     ran = {c["variant"] for c in summary["cells"]}
     assert {"eager", "compile", "compile-bf16" if cpu_supports_bf16() else "compile", "aoti",
             "torchscript", "onnxruntime", "onnxruntime-fp16", "onnxruntime-int8",
-            "compile-int8", "openvino", "openvino-int8"} <= ran
+            "compile-int8", "aoti-int8", "openvino", "openvino-int8"} <= ran
     assert all(c["status"] == "ok" for c in summary["cells"]), summary["cells"]
     skipped = {s["variant"]: s["reason"] for s in summary["skipped"]}
     assert "CUDA" in skipped["amp-fp16"] and "onnxruntime-trt" in skipped
@@ -101,6 +101,24 @@ def test_expand_rules():
     assert "compile" in labels and "compile:max-autotune" in labels
     assert labels.count("eager") == 1
     assert {s["variant"] for s in skipped} >= {"amp-fp16", "onnxruntime-trt"}
+
+
+def test_the_quick_set_is_each_runtime_from_the_cache_and_names_what_it_leaves_out():
+    from densebench.variants import QUICK, get_variant, left_out
+
+    chosen, skipped = expand(["quick"], ["default"], "cpu")
+    labels = [v.label for v in chosen]
+    can = [n for n in QUICK if get_variant(n).unsupported_reason("cpu") is None]
+    assert labels == can and {"eager", "aoti-int8", "onnxruntime-int8", "openvino-int8"} <= set(
+        labels)
+    assert {s["variant"] for s in skipped} == set(QUICK) - set(can)
+    # nothing in it compiles again per run: every one but eager loads an artifact
+    assert all(v.artifact for v in chosen if v.backend != "eager")
+    rest = left_out(["quick"], chosen, "cpu")
+    assert {"compile", "compile-int8", "torchscript", "aoti"} <= set(rest)
+    assert not set(rest) & set(labels) and left_out(["all"], chosen, "cpu") == []
+    assert [v.label for v in expand(["quick", "torchscript"], ["default"], "cpu")[0]] == [
+        *labels, "torchscript"]
 
 
 def test_show_renders_a_stored_run_from_its_files_alone(cli, workdir, tmp_path_factory):

@@ -14,7 +14,7 @@ def _pct(v) -> str:
 
 
 def eval_cmd(
-    variant: Annotated[list[str] | None, typer.Option("--variant", "-v", help="Variant (repeatable, comma lists allowed, or 'all').")] = None,
+    variant: Annotated[list[str] | None, typer.Option("--variant", "-v", help="Variant (repeatable, comma lists allowed), 'all' or 'quick'.")] = None,
     data: Annotated[str, typer.Option("--data", help="synthetic | imagefolder:PATH | cifar10:PATH")] = "synthetic",
     model: Annotated[str, typer.Option("--model", "-m", help="Model name.")] = "densenet121",
     weights: Annotated[str, typer.Option(help="imagenet | random[:SEED] | PATH.")] = "random",

@@ -25,7 +25,7 @@ def _ints(values: list[str] | None, option: str) -> list[int]:
 
 
 def run(
-    variant: Annotated[list[str] | None, typer.Option("--variant", "-v", help="Variant (repeatable, comma lists allowed, or 'all'). See `densebench variants`.")] = None,
+    variant: Annotated[list[str] | None, typer.Option("--variant", "-v", help="Variant (repeatable, comma lists allowed), 'all', or 'quick' (make bench's set: each runtime at fp32 and its fastest reduced precision, all from the artifact cache). See `densebench variants`.")] = None,
     batch_size: Annotated[list[str] | None, typer.Option("--batch-size", "-b", help="Batch sizes, e.g. 1,16,64.")] = None,
     model: Annotated[str, typer.Option("--model", "-m", help="Model name (see `densebench models`).")] = "densenet121",
     weights: Annotated[str, typer.Option(help="imagenet | random[:SEED] | PATH.")] = "random",

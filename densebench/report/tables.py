@@ -175,6 +175,9 @@ def summary_table(run) -> Group:
                          "accuracy would not be.", style="yellow"))
     for s in data.get("skipped", []):
         foot.append(Text(f"skipped {s['variant']}: {s['reason']}", style="dim"))
+    if data.get("not_in_quick"):
+        foot.append(Text("not in the quick set, also runnable here (-v all measures them): "
+                         + ", ".join(data["not_in_quick"]), style="dim"))
     busy = [r for r in rows if r["busy"]]
     if busy:
         worst = max(r["others_cores"] or 0 for r in busy)
