@@ -3,7 +3,8 @@
 1. Harness overhead: densebench's p50 for eager densenet121 at batch 1 against a bare
    ``perf_counter`` loop over the same callable (target: within 2%). The two loops
    alternate several times so that drift of a noisy machine hits both alike.
-2. The best variant's throughput over eager fp32 at batch 16, from `densebench run` itself
+2. The best variant's throughput over eager fp32 at batch 16 (target: 7x), and the best
+   p50 latency at batch 1 against eager's (target: 0.2x), from `densebench run` itself
    (worker processes per variant, interleaved rounds).
 3. Seconds from `densebench run` start to the first timed iteration, with a warm cache.
 4. LoadGen's overhead: offline samples/s at batch 16 against closed-loop throughput at
@@ -13,6 +14,9 @@
 6. densebench's `openvino` (and `openvino-bf16` where the CPU has bf16) against OpenVINO's
    own `benchmark_app` on the same IR from the cache, latency hint, batch 16, alternating
    rounds (target: within 5%).
+7. densebench's best variant against the tools a user would pick instead, alternating
+   rounds at batch 16: `benchmark_app` at its best precision and timm's `benchmark.py` at
+   its best CPU settings (targets: at least 1.2x and 2.5x).
 
 Writes the figures, with the command that produced them, to docs/performance.md.
 """
@@ -64,8 +68,9 @@ def harness_overhead(rounds: int, iters: int) -> dict:
 
 
 def best_over_eager(variants: list[str], min_time: float, repeats: int) -> dict:
-    """`densebench run` itself: every variant in `repeats` worker processes, rounds
-    interleaved across variants, so the published ratio is the product's own number."""
+    """`densebench run` itself at batch 1 and 16: every variant in `repeats` worker
+    processes, rounds interleaved across variants, so the published ratios (throughput at
+    16, p50 latency at 1) are the product's own numbers."""
     from densebench.results.repeats import merged
     from densebench.results.store import RunStore
     from densebench.variants import get_variant
@@ -73,7 +78,7 @@ def best_over_eager(variants: list[str], min_time: float, repeats: int) -> dict:
     unsupported = {v: get_variant(v).unsupported_reason("cpu") for v in variants}
     runnable = [v for v in variants if v != "eager" and unsupported[v] is None]
     cmd = [sys.executable, "-m", "densebench", "run", "--model", "densenet121", "--device",
-           "cpu", "-v", ",".join(["eager", *runnable]), "-b", "16",
+           "cpu", "-v", ",".join(["eager", *runnable]), "-b", "1,16",
            "--mode", "model", "--min-time", str(min_time), "--warmup", "3", "--repeats",
            str(repeats), "--json"]
     out = subprocess.run(cmd, capture_output=True, text=True)
@@ -81,20 +86,30 @@ def best_over_eager(variants: list[str], min_time: float, repeats: int) -> dict:
         raise SystemExit(f"densebench run failed: {out.stderr.strip()[-400:]}")
     run = RunStore().load(json.loads(out.stdout)["run"])
     skipped = {s["variant"]: s["reason"] for s in run.data.get("skipped", [])}
-    cells = {c.variant: c for c in merged(run.cells) if c.ok}
-    failed = {c.variant: c.error for c in run.cells if not c.ok}
+    by_batch = {b: {c.variant: c for c in merged(run.cells) if c.ok and c.batch_size == b}
+                for b in (1, 16)}
+    cells, ones = by_batch[16], by_batch[1]
+    failed = {f"{c.variant} b{c.batch_size}": c.error for c in run.cells if not c.ok}
     failed.update(skipped)
     failed.update({v: why for v, why in unsupported.items() if why})
     eager = cells["eager"].stats["throughput"]
     best = max((v for v in cells if v != "eager"), key=lambda v: cells[v].stats["throughput"])
+    eager_p50 = ones["eager"].stats["p50_ms"]
+    fastest = min((v for v in ones if v != "eager"), key=lambda v: ones[v].stats["p50_ms"])
     return {"eager_img_s": eager, "best": best, "best_img_s": cells[best].stats["throughput"],
             "ratio": cells[best].stats["throughput"] / eager,
             "all_img_s": {v: c.stats["throughput"] for v, c in cells.items()},
             "ci": {v: c.stats.get("throughput_ci") for v, c in cells.items()},
             "per_process": {v: c.stats.get("process_throughput") or [] for v, c in
                             cells.items()},
-            "disagree": [v for v, c in cells.items() if c.stats.get("processes_disagree")],
-            "busy": [v for v, c in cells.items() if c.busy],
+            "parity": {v: (c.parity_max_abs_error, c.parity_within) for v, c in cells.items()},
+            "b1_p50_ms": {v: c.stats["p50_ms"] for v, c in ones.items()},
+            "b1_eager_p50_ms": eager_p50, "b1_best": fastest,
+            "b1_ratio": ones[fastest].stats["p50_ms"] / eager_p50,
+            "disagree": [f"{v} b{b}" for b, cs in by_batch.items() for v, c in cs.items()
+                         if c.stats.get("processes_disagree")],
+            "busy": [f"{v} b{b}" for b, cs in by_batch.items() for v, c in cs.items()
+                     if c.busy],
             "repeats": repeats, "failed": failed,
             "command": "densebench " + " ".join(cmd[3:-1]), "run": run.id}
 
@@ -162,55 +177,119 @@ def time_to_first_iteration(repeats: int) -> dict:
 
 def openvino_side_by_side(rounds: int, seconds: int) -> dict:
     """`benchmark_app` and `densebench run -v openvino` on the same IR, alternating."""
-    import shutil
-
     from densebench.artifacts import ArtifactCache, ExportSpec
     from densebench.environment import cpu_supports_bf16
     from densebench.exporters import export_artifact
 
-    app = shutil.which("benchmark_app") or str(Path(sys.executable).parent / "benchmark_app")
     ir, _ = export_artifact(ExportSpec("densenet121", "openvino", "fp32"), ArtifactCache())
     pairs = [("openvino", "f32")] + ([("openvino-bf16", "bf16")] if cpu_supports_bf16()
                                      else [])
     out = {"rounds": [], "seconds": seconds, "ir": ir.key, "pairs": [v for v, _ in pairs]}
     for r in range(rounds):
         for variant, prec in pairs:
-            ba = subprocess.run([app, "-m", str(ir.main_file), "-d", "CPU", "-hint", "latency",
-                                 "-shape", "[16,3,224,224]", "-infer_precision", prec, "-t",
-                                 str(seconds)], capture_output=True, text=True)
-            m = re.search(r"Throughput:\s+([\d.]+) FPS", ba.stdout)
-            if not m:
-                raise SystemExit(f"benchmark_app failed: {(ba.stdout + ba.stderr)[-400:]}")
-            db = subprocess.run(
-                [sys.executable, "-m", "densebench", "run", "-m", "densenet121", "-v", variant,
-                 "-b", "16", "--mode", "model", "--repeats", "1", "--min-time", str(seconds),
-                 "--min-iters", "3", "--warmup", "2", "--device", "cpu", "--json"],
-                capture_output=True, text=True)
-            if db.returncode != 0:
-                raise SystemExit(f"densebench run failed: {db.stderr.strip()[-400:]}")
-            cell = json.loads(db.stdout)["cells"][0]
+            fps = _benchmark_app(ir.main_file, prec, seconds)
+            ours = _densebench_img_s(variant, seconds)
             out["rounds"].append({"round": r + 1, "variant": variant, "precision": prec,
-                                  "benchmark_app_fps": float(m.group(1)),
-                                  "densebench_img_s": cell["throughput"],
-                                  "ratio": cell["throughput"] / float(m.group(1))})
+                                  "benchmark_app_fps": fps, "densebench_img_s": ours,
+                                  "ratio": ours / fps})
     out["median_ratio"] = {v: statistics.median(x["ratio"] for x in out["rounds"]
                                                 if x["variant"] == v) for v, _ in pairs}
     return out
 
 
-SECTIONS = (1, 2, 3, 4, 5, 6)
+def _densebench_img_s(variant: str, seconds: int) -> float:
+    """`densebench run` of one variant, densenet121 at batch 16, one worker process."""
+    db = subprocess.run(
+        [sys.executable, "-m", "densebench", "run", "-m", "densenet121", "-v", variant,
+         "-b", "16", "--mode", "model", "--repeats", "1", "--min-time", str(seconds),
+         "--min-iters", "3", "--warmup", "2", "--device", "cpu", "--json"],
+        capture_output=True, text=True)
+    if db.returncode != 0:
+        raise SystemExit(f"densebench run failed: {db.stderr.strip()[-400:]}")
+    return json.loads(db.stdout)["cells"][0]["throughput"]
+
+
+def _benchmark_app(ir: Path, precision: str, seconds: int) -> float:
+    import shutil
+
+    app = shutil.which("benchmark_app") or str(Path(sys.executable).parent / "benchmark_app")
+    ba = subprocess.run([app, "-m", str(ir), "-d", "CPU", "-hint", "latency", "-shape",
+                         "[16,3,224,224]", "-infer_precision", precision, "-t", str(seconds)],
+                        capture_output=True, text=True)
+    m = re.search(r"Throughput:\s+([\d.]+) FPS", ba.stdout)
+    if not m:
+        raise SystemExit(f"benchmark_app failed: {(ba.stdout + ba.stderr)[-400:]}")
+    return float(m.group(1))
+
+
+def _timm(extra: list[str], iters: int) -> float:
+    """timm's own benchmark.py (scripts/third_party), inference, densenet121 at 224 px."""
+    cmd = [sys.executable, str(REPO / "scripts" / "third_party" / "timm_benchmark.py"),
+           "--bench", "inference", "--model", "densenet121", "-b", "16", "--img-size", "224",
+           "--device", "cpu", "--no-retry", "--num-warm-iter", "5", "--num-bench-iter",
+           str(iters), "--channels-last", *extra]
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    if "--result" not in p.stdout:
+        raise SystemExit(f"timm benchmark.py failed: {(p.stdout + p.stderr)[-400:]}")
+    res = json.loads(p.stdout.split("--result", 1)[1])
+    if "error" in res:
+        raise SystemExit(f"timm benchmark.py failed: {res['error']}")
+    return float(res["infer_samples_per_sec"])
+
+
+def side_by_side(best: str, rounds: int, seconds: int, timm_iters: int) -> dict:
+    """densebench's best variant, OpenVINO's `benchmark_app` at its best settings and
+    timm's benchmark.py at its best CPU settings, batch 16, alternating rounds."""
+    from densebench.artifacts import ArtifactCache, ExportSpec
+    from densebench.environment import cpu_supports_bf16
+    from densebench.exporters import export_artifact
+
+    try:
+        import timm  # noqa: F401
+    except ImportError:
+        raise SystemExit("section 7 needs timm: make perf installs it (pip install timm)") from None
+    ir, _ = export_artifact(ExportSpec("densenet121", "openvino", "fp32"), ArtifactCache())
+    bf16 = cpu_supports_bf16()
+    apps = ["f32"] + (["bf16"] if bf16 else [])
+    # timm: channels-last fp32, and channels-last + bf16 autocast where the CPU has bf16
+    # (elsewhere bf16 is emulated, many times slower: not a setting anyone would pick)
+    timms = {"channels-last fp32": []}
+    if bf16:
+        timms["channels-last + amp bf16"] = ["--amp", "--amp-dtype", "bfloat16"]
+    out = {"rounds": [], "best": best, "seconds": seconds, "timm_iters": timm_iters,
+           "ir": ir.key, "apps": apps, "timm_settings": list(timms)}
+    for r in range(rounds):
+        row = {"round": r + 1,
+               "benchmark_app": {p: _benchmark_app(ir.main_file, p, seconds) for p in apps},
+               "timm": {k: _timm(v, timm_iters) for k, v in timms.items()}}
+        row["densebench"] = _densebench_img_s(best, seconds)
+        row["over_openvino"] = row["densebench"] / max(row["benchmark_app"].values())
+        row["over_timm"] = row["densebench"] / max(row["timm"].values())
+        out["rounds"].append(row)
+        print(f"    round {r + 1}: densebench {best} {row['densebench']:.1f} img/s, "
+              f"{row['over_openvino']:.2f}x benchmark_app, {row['over_timm']:.2f}x timm",
+              flush=True)
+    out["over_openvino"] = statistics.median(x["over_openvino"] for x in out["rounds"])
+    out["over_timm"] = statistics.median(x["over_timm"] for x in out["rounds"])
+    return out
+
+
+SECTIONS = (1, 2, 3, 4, 5, 6, 7)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sections", default="1,2,3,4,5,6",
+    ap.add_argument("--sections", default="1,2,3,4,5,6,7",
                     help="which figures to measure; the others stay as docs/ has them")
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--iters", type=int, default=60)
     ap.add_argument("--min-time", type=float, default=3.0)
     ap.add_argument("--repeats", type=int, default=3)
+    # compile-int8 is left to aoti-int8, the same int8 model compiled once: compile-int8
+    # compiles again in each of the 3 x 2 worker processes (minutes each)
     ap.add_argument("--variants", default="eager,channels-last,amp-bf16,compile-bf16,"
-                                          "onnxruntime,onnxruntime-int8")
+                                          "aoti-int8,onnxruntime,onnxruntime-int8,openvino,"
+                                          "openvino-bf16,openvino-int8")
     ap.add_argument("--loadgen-variant", default="onnxruntime")
     ap.add_argument("--loadgen-rounds", type=int, default=3)
     ap.add_argument("--search-variants", default="onnxruntime,onnxruntime-int8")
@@ -218,6 +297,11 @@ def main() -> None:
     ap.add_argument("--search-max-time", default="20m")
     ap.add_argument("--openvino-rounds", type=int, default=3)
     ap.add_argument("--openvino-seconds", type=int, default=15)
+    ap.add_argument("--best", default=None,
+                    help="section 7's densebench variant (default: section 2's best, or "
+                         "the best in docs/performance.md)")
+    ap.add_argument("--side-rounds", type=int, default=3)
+    ap.add_argument("--timm-iters", type=int, default=20)
     ap.add_argument("--out", default=str(REPO / "docs" / "performance.md"))
     args = ap.parse_args()
     wanted = [int(x) for x in args.sections.split(",")]
@@ -226,39 +310,47 @@ def main() -> None:
     os.environ["DENSEBENCH_RUNS"] = str(work / "runs")
     texts: dict[int, str] = {}
     if 1 in wanted:
-        print("1/5 harness overhead (eager densenet121, batch 1) ...", flush=True)
+        print("1/7 harness overhead (eager densenet121, batch 1) ...", flush=True)
         ov = harness_overhead(args.rounds, args.iters)
         print(f"    densebench p50 {ov['densebench_p50_ms']:.2f} ms, bare loop "
               f"{ov['bare_p50_ms']:.2f} ms: ratio {ov['ratio']:.4f} (target within 2%)",
               flush=True)
         texts[1] = _section_overhead(ov)
     if 2 in wanted:
-        print("2/5 best variant over eager fp32 at batch 16 (densebench run) ...", flush=True)
+        print("2/7 best variant over eager fp32 at batch 1 and 16 (densebench run) ...",
+              flush=True)
         best = best_over_eager(args.variants.split(","), args.min_time, args.repeats)
         print(f"    {best['best']} {best['best_img_s']:.1f} img/s vs eager "
-              f"{best['eager_img_s']:.1f}: {best['ratio']:.2f}x", flush=True)
+              f"{best['eager_img_s']:.1f}: {best['ratio']:.2f}x; batch 1 p50 "
+              f"{best['b1_best']} {best['b1_ratio']:.2f}x eager's", flush=True)
         texts[2] = _section_best(best)
     if 3 in wanted:
-        print("3/5 run start to first timed iteration (warm cache) ...", flush=True)
+        print("3/7 run start to first timed iteration (warm cache) ...", flush=True)
         ttfi = time_to_first_iteration(3)
         print(f"    {ttfi['seconds']:.2f} s (median of {len(ttfi['all'])})", flush=True)
         texts[3] = _section_ttfi(ttfi)
     if 4 in wanted:
-        print("4/5 LoadGen offline against closed-loop, batch 16 ...", flush=True)
+        print("4/7 LoadGen offline against closed-loop, batch 16 ...", flush=True)
         lgo = loadgen_overhead(args.loadgen_variant, args.loadgen_rounds, 5.0)
         print(f"    offline/closed-loop {lgo['ratio']:.4f} (target within 5%)", flush=True)
         texts[4] = _section_loadgen(lgo)
     if 5 in wanted:
-        print("5/5 densebench search, p99 <= 100 ms ...", flush=True)
+        print("5/7 densebench search, p99 <= 100 ms ...", flush=True)
         srch = latency_search(args.search_variants, args.search_max_batch, "100ms",
                               args.search_max_time)
         print(f"    {srch['best']} in {srch['seconds']:.0f} s", flush=True)
         texts[5] = _section_search(srch)
     if 6 in wanted:
-        print("6/6 openvino against benchmark_app on the same IR, batch 16 ...", flush=True)
+        print("6/7 openvino against benchmark_app on the same IR, batch 16 ...", flush=True)
         sbs = openvino_side_by_side(args.openvino_rounds, args.openvino_seconds)
         print(f"    densebench/benchmark_app median {sbs['median_ratio']}", flush=True)
         texts[6] = _section_openvino(sbs)
+    if 7 in wanted:
+        chosen = args.best or (best["best"] if 2 in wanted else _best_in_doc(Path(args.out)))
+        print(f"7/7 {chosen} against benchmark_app and timm's benchmark.py, batch 16 ...",
+              flush=True)
+        sbs7 = side_by_side(chosen, args.side_rounds, args.openvino_seconds, args.timm_iters)
+        texts[7] = _section_side_by_side(sbs7)
     write_doc(Path(args.out), texts)
 
 
@@ -314,29 +406,89 @@ densenet121, batch 1), alternating {ov['rounds']} rounds of {ov['iters_per_round
 
 
 def _section_best(best: dict) -> str:
+    def parity(v):
+        err, ok = best.get("parity", {}).get(v, (None, None))
+        return "-" if err is None else f"{err:.2g}" + ("" if ok is not False else " (beyond)")
+
     rows = "\n".join(
         f"| {v} | {t:.1f} | {_ci(best['ci'].get(v))} | {t / best['eager_img_s']:.2f}x | "
-        f"{', '.join(f'{r:.1f}' for r in best['per_process'].get(v, []))} |"
+        f"{', '.join(f'{r:.1f}' for r in best['per_process'].get(v, []))} | {parity(v)} |"
         for v, t in sorted(best["all_img_s"].items(), key=lambda kv: -kv[1]))
+    ones = best.get("b1_p50_ms", {})
+    rows1 = "\n".join(f"| {v} | {p:.1f} | {p / best['b1_eager_p50_ms']:.2f}x |"
+                       for v, p in sorted(ones.items(), key=lambda kv: kv[1]))
     notes = ""
     if best["disagree"]:
         notes += ("\n\nWorker processes disagreed beyond their noise: "
                   f"{', '.join(best['disagree'])}.")
     if best["busy"]:
         notes += f"\n\nMeasured on a busy host: {', '.join(best['busy'])}."
-    return f"""## 2. Best variant over eager fp32, batch 16 (model mode)
+    batch1 = "" if not ones else f"""
+
+Batch 1, p50 latency (same run):
+
+| variant | p50 ms | vs eager |
+|---|---|---|
+{rows1}
+
+Fastest at batch 1: **{best['b1_best']}, {best['b1_ratio']:.2f}x** eager's p50 (target: at
+most 0.2x, {_met(best['b1_ratio'] <= 0.2)})."""
+    return f"""## 2. Best variant over eager fp32, batch 16 and batch 1 (model mode)
 
 {_stamp()}
 
 From `densebench run` itself: `{best['command']}` (run {best['run']}). Each variant in
 {best['repeats']} worker processes, rounds interleaved across variants (A B C, A B C, ...)
 so that drift falls on all alike; the interval resamples processes, then iterations.
+Parity: max abs error of the logits against eager fp32 (int8's threshold is 10% of the
+largest logit).
 
-| variant | img/s | 95% interval | vs eager | img/s per process |
-|---|---|---|---|---|
+| variant | img/s | 95% interval | vs eager | img/s per process | parity |
+|---|---|---|---|---|---|
 {rows}
 
-Best: **{best['best']}, {best['ratio']:.2f}x** eager fp32.{notes}{_failed(best)}
+Best at batch 16: **{best['best']}, {best['ratio']:.2f}x** eager fp32 (target: at least 7x,
+{_met(best['ratio'] >= 7)}).{batch1}{notes}{_failed(best)}
+"""
+
+
+def _best_in_doc(path: Path) -> str:
+    m = re.search(r"Best at batch 16: \*\*([\w:-]+),", path.read_text() if path.exists()
+                  else "")
+    if not m:
+        raise SystemExit("section 7 needs a variant: give --best, or measure section 2 too")
+    return m.group(1)
+
+
+def _section_side_by_side(sbs: dict) -> str:
+    rows = "\n".join(
+        f"| {x['round']} | {x['densebench']:.1f} | "
+        + " | ".join(f"{x['benchmark_app'][p]:.1f}" for p in sbs["apps"]) + " | "
+        + " | ".join(f"{x['timm'][k]:.1f}" for k in sbs["timm_settings"])
+        + f" | {x['over_openvino']:.2f}x | {x['over_timm']:.2f}x |" for x in sbs["rounds"])
+    heads = (" | ".join(f"benchmark_app {p}" for p in sbs["apps"]) + " | "
+             + " | ".join(f"timm {k}" for k in sbs["timm_settings"]))
+    n = 3 + len(sbs["apps"]) + len(sbs["timm_settings"])
+    return f"""## 7. densebench's best against the tools a user would pick instead, batch 16
+
+{_stamp()}
+
+In alternating rounds, densenet121 at 224 px, batch 16, img/s: densebench's best variant
+(`densebench run -m densenet121 -v {sbs['best']} -b 16 --mode model --repeats 1 --min-time
+{sbs['seconds']}`); OpenVINO's `benchmark_app` on the fp32 IR from the cache (`{sbs['ir']}`,
+latency hint, `-infer_precision` f32, and bf16 where the CPU has it, {sbs['seconds']} s each);
+timm's own `benchmark.py` (`scripts/third_party/timm_benchmark.py --bench inference --model
+densenet121 -b 16 --img-size 224 --device cpu --channels-last`, and `--amp --amp-dtype
+bfloat16` where the CPU has bf16; {sbs['timm_iters']} timed iterations). Each tool's best
+setting is what densebench is compared with.
+
+| round | densebench {sbs['best']} | {heads} | over OpenVINO's best | over timm's best |
+|{'---|' * n}
+{rows}
+
+Median: **{sbs['over_openvino']:.2f}x OpenVINO's best** (target: at least 1.2x,
+{_met(sbs['over_openvino'] >= 1.2)}) and **{sbs['over_timm']:.2f}x timm's best** (target: at
+least 2.5x, {_met(sbs['over_timm'] >= 2.5)}).
 """
 
 
