@@ -188,3 +188,40 @@ def test_openvino_serves_instances_as_streams_of_one_throughput_model(cli, workd
     assert "instance_options" not in rec.cells[0].scenario_settings
     assert rec.data["variants"]["openvino"]["options"]["performance_hint"] == "LATENCY"
     assert rec.data["variants"]["openvino"]["options"]["num_streams"] == 1
+
+
+def test_skipping_torchaos_qat_folding_leaves_a_ptq_model_unchanged():
+    """densebench.quantize skips convert_pt2e's QAT conv-BatchNorm folding (a minute of
+    pattern exports on densenet121); on a post-training-quantized DenseNet the converted
+    model is the same graph with the same numbers as torchao's full convert."""
+    import torch
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    from densebench.models import load_model
+    from densebench.quantize import require_torchao, without_qat_folding
+
+    xiq = require_torchao()[0]
+    module = load_model("densenet-tiny").module.eval()
+    g = torch.Generator().manual_seed(0)
+    batches = [torch.randn(2, 3, 32, 32, generator=g) for _ in range(2)]
+    out = {}
+    for skip in (False, True):
+        with torch.no_grad():
+            prepared = prepare_pt2e(torch.export.export(module, (batches[0],)).module(),
+                                    _quantizer(xiq))
+            for x in batches:
+                prepared(x)
+            with without_qat_folding(skip):
+                converted = convert_pt2e(prepared)
+            out[skip] = (converted(batches[0]), [n.target for n in converted.graph.nodes])
+    # BatchNorms are left (after concatenations), so torchao's full convert did run the
+    # QAT folding the skip leaves out
+    assert any("batch_norm" in str(n) for n in out[True][1])
+    assert out[True][1] == out[False][1]
+    assert torch.equal(out[True][0], out[False][0])
+
+
+def _quantizer(xiq):
+    q = xiq.X86InductorQuantizer()
+    q.set_global(xiq.get_default_x86_inductor_quantization_config())
+    return q
