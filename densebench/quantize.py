@@ -16,12 +16,29 @@ QUANTIZER = "X86InductorQuantizer (static, per-channel weights)"
 
 def require_torchao():
     """torchao's PT2E pieces, or None when torchao is not installed."""
+    import logging
+
+    # torchao 0.18 registers an Enum with pytree at import, and torch 2.14 logs a deprecation
+    # warning for it on stderr in every command that looks at torchao: not the user's concern
+    pytree_log = logging.getLogger("torch.utils._pytree")
+    hush = _DropMessage("is an Enum subclass and is now natively supported")
+    pytree_log.addFilter(hush)
     try:
         import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as xiq
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
     except ImportError:
         return None
+    finally:
+        pytree_log.removeFilter(hush)
     return xiq, prepare_pt2e, convert_pt2e
+
+
+class _DropMessage:
+    def __init__(self, text: str):
+        self.text = text
+
+    def filter(self, record) -> bool:
+        return self.text not in record.getMessage()
 
 
 def quantize_pt2e(module: torch.nn.Module, batches: list[torch.Tensor],
