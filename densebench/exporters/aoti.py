@@ -24,13 +24,13 @@ def export(loaded, spec, out: Path, example: torch.Tensor, progress=None, **_) -
     from densebench.devices import resolve_device
 
     device = resolve_device(spec.device)
+    if spec.precision == "int8":
+        return _export_int8(loaded.module, spec, device, out, example.shape[-1], progress)
     module = loaded.module.to(device)
     example = example.to(device)
     dynamic = None
     if spec.dynamic:
         dynamic = {"x": {0: torch.export.Dim("batch", min=1, max=4096)}}
-    if spec.precision == "int8":
-        return _export_int8(module, spec, out, example.shape[-1], progress)
     try:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -44,14 +44,15 @@ def export(loaded, spec, out: Path, example: torch.Tensor, progress=None, **_) -
     return MAIN, {"exporter": "torch.export + AOTInductor", "program": PROGRAM}
 
 
-def _export_int8(module, spec, out: Path, image_size: int, progress) -> tuple[str, dict]:
+def _export_int8(module, spec, device: str, out: Path, image_size: int, progress
+                 ) -> tuple[str, dict]:
     from densebench.errors import ExportError
     from densebench.exporters.onnx import calibration
     from densebench.quantize import QUANTIZER, quantize_pt2e, require_torchao
 
-    if spec.device != "cpu":
+    if torch.device(device).type != "cpu":
         raise ExportError(f"aoti int8 is built for the CPU (the x86 Inductor quantizer), "
-                          f"not {spec.device}: use --device cpu")
+                          f"not {device}: use --device cpu")
     if require_torchao() is None:
         raise ExportError("aoti int8 needs torchao: pip install torchao "
                           "(make install installs it)")
