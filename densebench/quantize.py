@@ -42,16 +42,16 @@ class _DropMessage:
 
 
 def quantize_pt2e(module: torch.nn.Module, batches: list[torch.Tensor],
-                  dynamic_batch: bool = False) -> torch.fx.GraphModule:
-    """``module`` exported, observed on ``batches`` and converted to int8 (Q/DQ pairs the
-    Inductor int8 passes fuse when compiled with freezing). ``dynamic_batch``: the batch
-    axis stays symbolic (one artifact for every batch size)."""
+                  dynamic_shapes: dict | None = None) -> torch.fx.GraphModule:
+    """``module`` exported (with ``dynamic_shapes``, torch.export's), observed on
+    ``batches`` and converted to int8 (Q/DQ pairs the Inductor int8 passes fuse when
+    compiled with freezing)."""
     xiq, prepare_pt2e, convert_pt2e = require_torchao()
-    shapes = {"x": {0: torch.export.Dim("batch", min=1, max=4096)}} if dynamic_batch else None
     # quantized in fp32 even under a bf16 autocast (int8-mixed-bf16 runs the compiled
     # model under autocast, as the session does)
     with torch.no_grad(), torch.autocast("cpu", enabled=False):
-        exported = torch.export.export(module, (batches[0],), dynamic_shapes=shapes).module()
+        exported = torch.export.export(module, (batches[0],),
+                                       dynamic_shapes=dynamic_shapes).module()
         quantizer = xiq.X86InductorQuantizer()
         quantizer.set_global(xiq.get_default_x86_inductor_quantization_config())
         prepared = prepare_pt2e(exported, quantizer)

@@ -211,8 +211,13 @@ def test_skipping_torchaos_qat_folding_leaves_a_ptq_model_unchanged():
                                     _quantizer(xiq))
             for x in batches:
                 prepared(x)
+            import torchao.quantization.pt2e.quantize_pt2e as qp
+
+            original = qp._fold_conv_bn_qat
             with without_qat_folding(skip):
+                assert (qp._fold_conv_bn_qat is original) is not skip  # really skipped
                 converted = convert_pt2e(prepared)
+            assert qp._fold_conv_bn_qat is original  # and put back
             out[skip] = (converted(batches[0]), [n.target for n in converted.graph.nodes])
     # BatchNorms are left (after concatenations), so torchao's full convert did run the
     # QAT folding the skip leaves out

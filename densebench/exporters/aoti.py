@@ -24,13 +24,12 @@ def export(loaded, spec, out: Path, example: torch.Tensor, progress=None, **_) -
     from densebench.devices import resolve_device
 
     device = resolve_device(spec.device)
+    dynamic = {"x": {0: torch.export.Dim("batch", min=1, max=4096)}} if spec.dynamic else None
     if spec.precision == "int8":
-        return _export_int8(loaded.module, spec, device, out, example.shape[-1], progress)
+        return _export_int8(loaded.module, spec, device, dynamic, out, example.shape[-1],
+                            progress)
     module = loaded.module.to(device)
     example = example.to(device)
-    dynamic = None
-    if spec.dynamic:
-        dynamic = {"x": {0: torch.export.Dim("batch", min=1, max=4096)}}
     try:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -44,8 +43,8 @@ def export(loaded, spec, out: Path, example: torch.Tensor, progress=None, **_) -
     return MAIN, {"exporter": "torch.export + AOTInductor", "program": PROGRAM}
 
 
-def _export_int8(module, spec, device: str, out: Path, image_size: int, progress
-                 ) -> tuple[str, dict]:
+def _export_int8(module, spec, device: str, dynamic: dict | None, out: Path,
+                 image_size: int, progress) -> tuple[str, dict]:
     from densebench.errors import ExportError
     from densebench.exporters.onnx import calibration
     from densebench.quantize import QUANTIZER, quantize_pt2e, require_torchao
@@ -62,9 +61,7 @@ def _export_int8(module, spec, device: str, out: Path, image_size: int, progress
         progress("quantizing int8 (PT2E, calibrating)")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        converted = quantize_pt2e(module.eval(), batches, dynamic_batch=spec.dynamic)
-        dynamic = ({"x": {0: torch.export.Dim("batch", min=1, max=4096)}}
-                   if spec.dynamic else None)
+        converted = quantize_pt2e(module.eval(), batches, dynamic)
         with torch.no_grad():
             program = torch.export.export(converted, (batches[0],), dynamic_shapes=dynamic)
             if progress:
