@@ -341,14 +341,18 @@ class ArtifactCache:
                 found.touch()
                 return found, True
         self._ensure_root()
-        from filelock import FileLock
+        from filelock import FileLock, Timeout
 
         d = sha256_json(fields)
         final = self._entry_dir(fields)
         lock = FileLock(str(self.root / ".locks" / f"{d[:32]}.lock"))
-        if progress:
-            progress("waiting for the cache lock")
-        with lock:
+        try:
+            held = lock.acquire(timeout=0)
+        except Timeout:
+            if progress:
+                progress("waiting for another process building this artifact (cache lock)")
+            held = lock.acquire()
+        with held:
             if not force:  # another process may have built it while we waited
                 found = self.lookup(fields)
                 if found is not None:
