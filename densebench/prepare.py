@@ -71,6 +71,18 @@ class Prepared:
                 "model_size_mb": self.model_size_mb}
 
 
+def artifact_spec(variant: Variant, ref: ModelRef, device: str, image_size: int):
+    """The ExportSpec of ``variant``'s artifact for ``ref`` on ``device`` (None: it has
+    none, it runs the module itself)."""
+    from densebench.artifacts import ExportSpec
+
+    if not variant.artifact:
+        return None
+    fmt, prec = variant.artifact
+    return ExportSpec(ref.model, fmt, prec, ref.weights, ref.num_classes,
+                      image_size=image_size, device=device, calib=ref.calib or "synthetic")
+
+
 def prepare_variant(variant: Variant, ref: ModelRef, device: str, threads: int, *,
                     loaded=None, cache=None, profile_dir: Path | None = None,
                     phase: Callable[[str], None] | None = None) -> Prepared:
@@ -81,7 +93,7 @@ def prepare_variant(variant: Variant, ref: ModelRef, device: str, threads: int, 
     ``profile_dir``: prepare for a profile (backends whose profiler must be enabled when
     the session is built write there).
     """
-    from densebench.artifacts import ArtifactCache, ExportSpec
+    from densebench.artifacts import ArtifactCache
     from densebench.errors import VariantError
     from densebench.exporters import export_artifact
     from densebench.models import check_image_size, load_model
@@ -99,12 +111,9 @@ def prepare_variant(variant: Variant, ref: ModelRef, device: str, threads: int, 
     image_size = ref.image_size or loaded.default_image_size
     check_image_size(ref.model, image_size, ref.num_classes)
     artifact = None
-    if variant.artifact:
+    spec = artifact_spec(variant, ref, device, image_size)
+    if spec is not None:
         say("export")
-        fmt, prec = variant.artifact
-        spec = ExportSpec(ref.model, fmt, prec, ref.weights, ref.num_classes,
-                          image_size=image_size, device=device,
-                          calib=ref.calib or "synthetic")
         t0 = time.perf_counter()
         artifact, cached = export_artifact(spec, cache or ArtifactCache(), loaded=loaded)
         cold["export_s"] = 0.0 if cached else round(time.perf_counter() - t0, 3)

@@ -29,6 +29,8 @@ from densebench.results.schema import Cell
 
 Emit = Callable[[dict], None]
 MEASURE_VARIANT = "densebench.run:measure_variant"
+EXPORT_VARIANT = "densebench.run:export_variant"
+MAX_EXPORT_LANES = 4  # exports side by side at most (each holds a model and its compiler)
 DEFAULT_REPEATS = 3  # worker processes per cell: enough for an interval across processes
 
 
@@ -264,6 +266,89 @@ def measure_variant(payload: dict, emit: Emit) -> None:
                                    Path(payload["run_dir"]))
 
 
+def export_variant(payload: dict, emit: Emit) -> None:
+    """One artifact of the run's export phase, into the cache; says how it went in an
+    ``exported`` event (``export_s`` and ``key``, or ``error``)."""
+    import torch
+
+    from densebench.exporters import export_artifact
+    from densebench.prepare import artifact_spec
+    from densebench.variants import get_variant
+
+    cfg = RunConfig(**payload["config"])
+    torch.set_num_threads(payload["threads"])
+    variants = payload["variants"]  # every variant of the run that uses this artifact
+    variant = get_variant(variants[0])
+    t0 = time.perf_counter()
+    try:
+        spec = artifact_spec(variant, cfg.model_ref(), payload["device"], payload["image_size"])
+        art, cached = export_artifact(spec, progress=lambda what: emit(
+            {"event": "phase", "variant": variant.label, "phase": what}))
+    except Exception as e:
+        emit({"event": "exported", "variants": variants, "error": one_line(e)})
+        return
+    emit({"event": "exported", "variants": variants, "key": art.key, "cached": cached,
+          "export_s": round(time.perf_counter() - t0, 3)})
+
+
+def export_ahead(cfg: RunConfig, variants: list, device: str, loaded, image_size: int,
+                 executor, emit: Emit) -> dict[str, dict]:
+    """Before anything is measured, export the artifacts the run needs and the cache lacks,
+    side by side: one worker process each, one lane per core (at most MAX_EXPORT_LANES),
+    each worker with its share of the cores. aoti-int8's two-minute compile then hides the
+    other exports instead of adding to them, and no export ever runs beside a measurement.
+
+    Returns each variant's outcome (``export_s`` and ``key``, or ``error``). Nothing is
+    exported here (``{}``) where nothing would overlap (fewer than two artifacts missing,
+    one core) or the jobs run elsewhere (a cluster): each worker exports as it prepares.
+    """
+    import os
+
+    from densebench.artifacts import ArtifactCache, key_fields
+    from densebench.checksums import sha256_json
+    from densebench.executors import Job
+    from densebench.prepare import artifact_spec
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else \
+        (os.cpu_count() or 1)
+    if not executor.LOCAL or cores < 2:
+        return {}
+    cache, ref, missing = ArtifactCache(), cfg.model_ref(), {}
+    for v in variants:
+        spec = artifact_spec(v, ref, device, image_size)
+        if spec is None:
+            continue
+        try:
+            fields = key_fields(spec, loaded.weights_id, image_size, loaded.num_classes)
+            if cache.lookup(fields, verify=False) is None:
+                missing.setdefault(sha256_json(fields), []).append(v)
+        except Exception:  # a damaged entry: the variant's worker says what is wrong
+            continue
+    if len(missing) < 2:
+        return {}
+    lanes = min(len(missing), cores, MAX_EXPORT_LANES)
+    config = asdict(cfg)
+    # the compiles first: the longest export starts at once, the others fill the other lanes
+    groups = sorted(missing.values(), key=lambda vs: vs[0].artifact[0] != "aoti")
+    jobs = [Job(name=f"export-{vs[0].label}", target=EXPORT_VARIANT, timeout=cfg.timeout,
+                payload={"config": config, "variants": [v.label for v in vs],
+                         "device": device, "image_size": image_size,
+                         "threads": max(1, cores // lanes)})
+            for vs in groups]
+    emit({"event": "export_ahead", "variants": [j.payload["variants"][0] for j in jobs],
+          "lanes": lanes})
+    outcome: dict[str, dict] = {}
+
+    def on_event(ev: dict) -> None:
+        if ev.get("event") == "exported":
+            for label in ev["variants"]:
+                outcome[label] = {k: ev[k] for k in ("export_s", "key", "error") if k in ev}
+        emit(ev)
+
+    executor.run_concurrently(jobs, on_event, lanes)
+    return outcome
+
+
 def worker_identity(threads: int) -> dict:
     """What this worker process ran with: its pid, the threads it was given and the thread
     variables of its environment (a cluster scheduler sets its own), the Ray node."""
@@ -370,7 +455,15 @@ def run_benchmark(cfg: RunConfig, *, progress: Emit | None = None, store=None):
                 info["cold_start"]["first_inference_s"] = first  # known after the warm-up
                 rec.save()
         elif kind == "variant":
+            done = ahead.get(ev["variant"], {})
+            if "export_s" in done:  # exported by this run, ahead: found in the cache
+                ev["info"]["cold_start"].update(export_s=done["export_s"],
+                                                artifact_cached=False, exported_ahead=True)
             rec.data["variants"][ev["variant"]] = ev["info"]
+            rec.save()
+        elif kind == "exported":
+            rec.data.setdefault("exports_ahead", []).append(
+                {k: v for k, v in ev.items() if k != "event"})
             rec.save()
         elif (kind == "phase" and ev["phase"] == "measure"
               and rec.data["timeline"]["first_timed_iteration_s"] is None):
@@ -378,11 +471,20 @@ def run_benchmark(cfg: RunConfig, *, progress: Emit | None = None, store=None):
             rec.save()
         emit(ev)
 
+    ahead: dict[str, dict] = {}
     try:
+        ahead.update(export_ahead(cfg, variants, device, loaded, image_size, executor,
+                                  on_event))
         # rounds interleaved across variants (A B C, A B C, ...): drift falls on all alike
         for v, r in [(v, r) for r in range(repeats) for v in variants]:
             cells = [c.to_dict() for c in plan_cells(cfg, v, device, threads, settings, host,
                                                      repeat=r)]
+            failed = ahead.get(v.label, {}).get("error")
+            if failed:  # its export failed ahead: not tried again in every worker
+                for c in cells:
+                    on_event({"event": "cell", "cell": Cell.from_dict(c).failed(failed)
+                              .to_dict()})
+                continue
             name = v.label if repeats == 1 else f"{v.label}.{r + 1}"
             job = Job(name=name, target=MEASURE_VARIANT, cells=cells, timeout=cfg.timeout,
                       payload={"config": config, "variant": v.label, "device": device,

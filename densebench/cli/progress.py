@@ -52,6 +52,20 @@ def cell_line(c: dict) -> str:
     return f"{where}: ok" + (f", {', '.join(parts)}" if parts else "")
 
 
+def export_ahead_line(ev: dict) -> str:
+    n = len(ev["variants"])
+    return (f"exporting {n} artifacts first, {ev['lanes']} at a time "
+            f"({', '.join(ev['variants'])}); nothing is measured meanwhile")
+
+
+def exported_line(ev: dict) -> str:
+    names = ", ".join(ev["variants"])
+    if ev.get("error"):
+        return f"{names}: export failed: {ev['error']}"
+    return f"{names}: " + ("artifact cached" if ev.get("cached")
+                           else f"exported in {ev['export_s']:.1f} s")
+
+
 class Progress:
     """Feed it events (it is the core's ``progress`` callback); use it as a context."""
 
@@ -124,6 +138,10 @@ class Progress:
             if text != self.last_phase:
                 self._line(text)
                 self.last_phase = text
+        elif kind == "export_ahead":
+            self._line(export_ahead_line(ev))
+        elif kind == "exported":
+            self._line(exported_line(ev))
         elif kind == "variant":
             cold = ev["info"].get("cold_start") or {}
             parts = [f"load {cold['load_s']:.2f} s"] if "load_s" in cold else []
@@ -153,6 +171,9 @@ class Progress:
         elif kind == "phase":
             p.update(t, description=f"{ev.get('variant', self.title)}: {ev['phase']}{_where(ev)}",
                      detail="")
+        elif kind in ("export_ahead", "exported"):  # kept above the bar: they take minutes
+            p.console.print(export_ahead_line(ev) if kind == "export_ahead"
+                            else exported_line(ev))
         elif kind == "progress" and self.stop is not None:
             n, el, rule = ev["iters"], ev["elapsed"], self.stop
             if rule.iters:

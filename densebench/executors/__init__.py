@@ -7,6 +7,10 @@ Events are plain dicts streamed back to ``on_event`` as they happen (``phase``,
 a kill, a timeout), every planned cell it did not report comes back as a failed cell with
 the reason, so a run never loses track of a cell.
 
+``run_concurrently(jobs, on_event, lanes)`` runs jobs side by side on this machine (the
+subprocess executor: a worker process per lane); a run uses it only for work that is not
+measured (exporting artifacts ahead of the measurements).
+
 Built in: ``inline`` (this process), ``subprocess`` (a worker process per job: crash,
 hang and OOM isolation) and ``ray`` (each job as a Ray task on a cluster node, which starts
 the same worker process there). ``run_all(jobs, on_event)`` runs many jobs: one after
@@ -48,6 +52,7 @@ class Job:
 class Executor:
     NAME: ClassVar[str] = ""
     PLACES_CELLS: ClassVar[bool] = False  # stamps each job's cells with the node it picks
+    LOCAL: ClassVar[bool] = True  # jobs run on this machine (and share its artifact cache)
 
     def __init__(self, log_dir: Path | None = None, **options):
         self.log_dir = log_dir
@@ -88,6 +93,12 @@ class Executor:
         if start:
             start(sum(len(j.cells) for j in todo))
         for job in todo:
+            self.run(job, on_event)
+
+    def run_concurrently(self, jobs: list[Job], on_event: Emit, lanes: int) -> None:
+        """Every job, up to ``lanes`` at once, ``on_event`` called from one thread at a
+        time. Here one after another; the subprocess executor runs them side by side."""
+        for job in jobs:
             self.run(job, on_event)
 
     def close(self) -> None:

@@ -87,6 +87,7 @@ class Node:
 class RayExecutor(Executor):
     NAME = "ray"
     PLACES_CELLS = True
+    LOCAL = False
 
     def __init__(self, log_dir=None, address: str | None = None, cells_per_node: int = 1,
                  **options):

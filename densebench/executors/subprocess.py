@@ -5,6 +5,8 @@ The job goes to the worker on stdin; events come back over a dedicated pipe (so 
 library prints can corrupt them); the worker's stdout and stderr go to a log file. A job
 past its timeout is killed with its whole process group. Ctrl-C reaches only the parent
 (the worker ignores SIGINT), which kills the worker and lets the run keep what finished.
+``run_concurrently`` runs jobs side by side, one thread per lane, each with its worker; an
+interrupt stops every lane and kills their workers.
 """
 
 from __future__ import annotations
@@ -26,6 +28,45 @@ from densebench.executors import CellTracker, Emit, Executor, Job, register_exec
 @register_executor
 class SubprocessExecutor(Executor):
     NAME = "subprocess"
+
+    def __init__(self, log_dir: Path | None = None, **options):
+        super().__init__(log_dir, **options)
+        self._stop = threading.Event()  # set: every running worker is killed
+
+    def run_concurrently(self, jobs: list[Job], on_event: Emit, lanes: int) -> None:
+        todo: queue.Queue = queue.Queue()
+        for job in jobs:
+            todo.put(job)
+        lock = threading.Lock()
+
+        def locked(ev: dict) -> None:
+            with lock:
+                on_event(ev)
+
+        def lane() -> None:
+            while not self._stop.is_set():
+                try:
+                    job = todo.get_nowait()
+                except queue.Empty:
+                    return
+                self.run(job, locked)
+
+        # a worker dies with the thread that started it (PR_SET_PDEATHSIG): a lane thread
+        # ends only when its queue is empty and its last worker has exited
+        threads = [threading.Thread(target=lane, daemon=True, name=f"densebench-lane-{i}")
+                   for i in range(max(1, min(lanes, len(jobs))))]
+        for t in threads:
+            t.start()
+        try:
+            for t in threads:
+                while t.is_alive():
+                    t.join(0.2)
+        except KeyboardInterrupt:  # Ctrl-C, SIGTERM, SIGHUP reach this (the main) thread
+            self._stop.set()
+            for t in threads:
+                t.join()
+            self._stop.clear()
+            raise
 
     def run(self, job: Job, on_event: Emit) -> None:
         track = CellTracker(job, on_event)
@@ -62,6 +103,9 @@ class SubprocessExecutor(Executor):
             while True:
                 if deadline is not None and time.monotonic() > deadline:
                     error = f"timed out after {job.timeout:g} s (timeout); worker killed"
+                    break
+                if self._stop.is_set():
+                    error = "interrupted; worker killed"
                     break
                 try:
                     ev = events.get(timeout=0.2)
