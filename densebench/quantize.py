@@ -42,7 +42,7 @@ class _DropMessage:
 
 
 def quantize_pt2e(module: torch.nn.Module, batches: list[torch.Tensor],
-                  dynamic_shapes: dict | None = None) -> torch.fx.GraphModule:
+                  dynamic_shapes: dict | tuple | None = None) -> torch.fx.GraphModule:
     """``module`` exported (with ``dynamic_shapes``, torch.export's), observed on
     ``batches`` and converted to int8 (Q/DQ pairs the Inductor int8 passes fuse when
     compiled with freezing)."""

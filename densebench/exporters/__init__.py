@@ -24,6 +24,12 @@ def exporter(fmt: str):
     return importlib.import_module(f"densebench.exporters.{fmt}")
 
 
+def batch_axis(spec: ExportSpec) -> tuple | None:
+    """torch.export's dynamic_shapes for a dynamic batch (None: a fixed batch), given by
+    position: a model's forward may call its input anything (nn.Sequential's: input)."""
+    return ({0: torch.export.Dim("batch", min=1, max=4096)},) if spec.dynamic else None
+
+
 def fixed_input(batch: int, image_size: int, seed: int = PARITY_SEED) -> torch.Tensor:
     """The fixed input every parity check uses: standard normal, like normalised images."""
     g = torch.Generator().manual_seed(seed)
@@ -93,7 +99,7 @@ def export_artifact(
         except (ExportError, KeyboardInterrupt):
             raise
         except Exception as e:  # an exporter's own failure: say which and why, in one line
-            msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            msg = _reason(e)
             raise ExportError(
                 f"{spec.format} {spec.precision} export of {spec.model} failed: {msg}"
             ) from e
@@ -120,6 +126,17 @@ def export_artifact(
         }
 
     return cache.build(fields, build, force=force, progress=progress)
+
+
+def _reason(e: BaseException) -> str:
+    """The first line of what went wrong at the bottom of ``e``'s chain (torch's ONNX
+    exporter wraps the model's own error in a banner of next steps), without colours."""
+    import re
+
+    while e.__cause__ is not None:
+        e = e.__cause__
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip()
+    return text.splitlines()[0][:200] if text else type(e).__name__
 
 
 def load_artifact(

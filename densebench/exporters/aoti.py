@@ -22,9 +22,10 @@ PROGRAM = "program.pt2"
 
 def export(loaded, spec, out: Path, example: torch.Tensor, progress=None, **_) -> tuple[str, dict]:
     from densebench.devices import resolve_device
+    from densebench.exporters import batch_axis
 
     device = resolve_device(spec.device)
-    dynamic = {"x": {0: torch.export.Dim("batch", min=1, max=4096)}} if spec.dynamic else None
+    dynamic = batch_axis(spec)
     if spec.precision == "int8":
         return _export_int8(loaded.module, spec, device, dynamic, out, example.shape[-1],
                             progress)

@@ -23,12 +23,14 @@ OUTPUT = "logits"
 
 def export(loaded, spec, out: Path, example: torch.Tensor, cache=None, progress=None
            ) -> tuple[str, dict]:
+    from densebench.exporters import batch_axis
+
     if spec.precision == "int8":
         return _export_int8(loaded, spec, out, cache, progress)
     module, ex = loaded.module, example
     if spec.precision == "fp16":
         module, ex = copy.deepcopy(loaded.module).half(), example.half()
-    dynamic = {"x": {0: torch.export.Dim("batch", min=1, max=4096)}} if spec.dynamic else None
+    dynamic = batch_axis(spec)
     with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(

@@ -31,6 +31,31 @@ def pool_tiny(num_classes: int = 1000) -> nn.Module:
     return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, num_classes))
 
 
+class ExportProbe(nn.Module):
+    """pool-tiny whose export (torch.export, TorchScript tracing) is slow or fails when
+    $EXPORT_PROBE says so (``slow``: a minute; ``fail``: an error), while eager runs as
+    usual: what a run does with an export that takes long or breaks."""
+
+    def __init__(self, num_classes: int = 1000):
+        super().__init__()
+        self.net = pool_tiny(num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.compiler.is_exporting() or torch.jit.is_tracing():
+            how = os.environ.get("EXPORT_PROBE")
+            if how == "fail":
+                raise RuntimeError("EXPORT_PROBE: this model cannot be exported")
+            if how == "slow":
+                time.sleep(60)
+        return self.net(x)
+
+
+@register_model("export-probe", default_image_size=8,
+                description="test model: pool-tiny whose export is slow or fails on demand")
+def export_probe(num_classes: int = 1000) -> nn.Module:
+    return ExportProbe(num_classes)
+
+
 @dataclass
 class SleepSession(Session):
     base_ms: float = 0.0
