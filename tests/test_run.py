@@ -292,3 +292,83 @@ def test_densenet121_at_224(cli, workdir):
     assert cells["onnxruntime"]["parity_max_abs_error"] < 1e-4
     data = RunStore().load(summary["run"]).data
     assert data["model"]["image_size"] == 224 and data["model"]["params"] == 7_978_856
+
+
+# ------------------------------------------------------------------ the export phase
+
+
+def test_missing_artifacts_are_exported_first_side_by_side(cli, workdir):
+    """Two artifacts missing: both are exported before anything is measured, each in its
+    own worker, and the run says so; the variants then load them from the cache (a second
+    run finding them in the cache: test_int8's OpenVINO test)."""
+    if (psutil.cpu_count() or 1) < 2:
+        pytest.skip("exports run side by side only with two cores or more")
+    args = ("-m", "pool-tiny", "-v", "onnxruntime,openvino", "-b", "2", "--mode", "model",
+            "--iters", "3", "--warmup", "1", "--repeats", "1")
+    summary = _run_json(cli, *args, fast=False)
+    assert all(c["status"] == "ok" for c in summary["cells"]), summary["cells"]
+    run = RunStore().load(summary["run"])
+    ahead = {tuple(e["variants"]): e for e in run.data["exports_ahead"]}
+    assert set(ahead) == {("onnxruntime",), ("openvino",)}
+    assert all(e["export_s"] > 0 and e["key"] for e in ahead.values())
+    for v in ("onnxruntime", "openvino"):
+        cold = run.data["variants"][v]["cold_start"]
+        assert cold["exported_ahead"] is True and cold["artifact_cached"] is False
+        assert cold["export_s"] == ahead[(v,)]["export_s"]
+        assert run.data["variants"][v]["artifact"] == ahead[(v,)]["key"]
+        assert (run.path / "logs" / f"export-{v}.log").exists()  # its own worker
+
+
+def test_an_export_that_fails_ahead_fails_its_cells_once(cli, workdir, monkeypatch):
+    """The export fails in the export phase: its variants' cells fail with the exporter's
+    reason, and no worker tries the export again; eager is measured as usual."""
+    if (psutil.cpu_count() or 1) < 2:
+        pytest.skip("exports run side by side only with two cores or more")
+    monkeypatch.setenv("EXPORT_PROBE", "fail")
+    r = cli("run", "-m", "export-probe", "-v", "eager,onnxruntime,openvino", "-b", "2",
+            "--mode", "model", "--iters", "3", "--warmup", "1", "--repeats", "1", "--json")
+    assert r.exit_code == 0, r.stderr  # eager worked: cells failed among cells that worked
+    cells = {c["variant"]: c for c in json.loads(r.stdout)["cells"]}
+    assert cells["eager"]["status"] == "ok"
+    for v in ("onnxruntime", "openvino"):
+        assert cells[v]["status"] == "failed"
+        assert "EXPORT_PROBE: this model cannot be exported" in cells[v]["error"], cells[v]
+    run = RunStore().list()[-1]
+    logs = {p.name for p in (run.path / "logs").iterdir()}
+    assert logs == {"eager.log", "export-onnxruntime.log", "export-openvino.log"}
+    assert "export failed" in r.stderr and "EXPORT_PROBE" in r.stderr
+
+
+def test_eager_reference_is_computed_once_and_kept(workdir):
+    """The fp32 reference is computed by the first worker that needs it and read by the
+    others; a damaged or wrong-shaped file is computed again and replaced."""
+    import torch
+
+    from densebench.exporters import fixed_input
+    from densebench.models import load_model
+    from densebench.prepare import kept_reference
+
+    loaded = load_model("densenet-tiny", "random", None)
+    x = fixed_input(2, TINY_SIZE)
+    calls = []
+
+    def eager(inp):
+        def compute():
+            calls.append(1)
+            with torch.inference_mode():
+                return loaded.module(inp)
+        return compute
+
+    where = workdir / "refs"
+    first = kept_reference(where, loaded, x, eager(x))
+    again = kept_reference(where, loaded, x, eager(x))
+    assert len(calls) == 1 and torch.equal(first, again)
+    (kept,) = where.iterdir()
+    x3 = fixed_input(3, TINY_SIZE)
+    other = kept_reference(where, loaded, x3, eager(x3))
+    assert len(calls) == 2 and other.shape == (3, loaded.num_classes)  # its own entry
+    kept.write_bytes(b"not a tensor")
+    assert torch.equal(kept_reference(where, loaded, x, eager(x)), first) and len(calls) == 3
+    torch.save(torch.zeros(5, 7), kept)
+    assert torch.equal(kept_reference(where, loaded, x, eager(x)), first) and len(calls) == 4
+    assert torch.equal(kept_reference(where, loaded, x, eager(x)), first) and len(calls) == 4

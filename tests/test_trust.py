@@ -175,6 +175,29 @@ def test_sigterm_and_sighup_are_handled_like_ctrl_c(workdir, sig):
     assert load_run(run_dir).status == "incomplete"
 
 
+def test_sigterm_during_the_export_phase_kills_the_exports(workdir, monkeypatch):
+    """Two exports side by side (each a minute long), SIGTERM: both export workers are
+    killed, the run is marked incomplete, nothing half-built is left as an entry."""
+    if (psutil.cpu_count() or 1) < 2:
+        pytest.skip("exports run side by side only with two cores or more")
+    monkeypatch.setenv("EXPORT_PROBE", "slow")
+    p = run_cli_process("run", "-m", "export-probe", "-v", "onnxruntime,openvino", "-b", "1",
+                        "--mode", "model", "--repeats", "1")
+    deadline = time.time() + 90
+    while len(_workers(p.pid)) < 2 and time.time() < deadline:
+        time.sleep(0.1)
+    workers = _workers(p.pid)
+    assert len(workers) == 2, "the two exports did not start side by side"
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 128 + signal.SIGTERM, err
+    assert "interrupted (SIGTERM)" in err and "incomplete" in err
+    assert _gone(workers)
+    (run_dir,) = (workdir / "runs").iterdir()
+    assert load_run(run_dir).status == "incomplete"
+    assert ArtifactCache().entries() == []
+
+
 def test_a_manifest_path_outside_its_entry_makes_the_entry_corrupt(cli, workdir, tmp_path):
     spec = ExportSpec("densenet-tiny", "onnx", "fp32", image_size=TINY_SIZE)
     art, _ = export_artifact(spec, ArtifactCache())
