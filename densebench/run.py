@@ -328,8 +328,11 @@ def export_ahead(cfg: RunConfig, variants: list, device: str, loaded, image_size
         return {}
     lanes = min(len(missing), cores, MAX_EXPORT_LANES)
     config = asdict(cfg)
-    # the compiles first: the longest export starts at once, the others fill the other lanes
-    groups = sorted(missing.values(), key=lambda vs: vs[0].artifact[0] != "aoti")
+    # the compiles first (the longest export starts at once, the others fill the other
+    # lanes), then fp32 before what is quantized from it (an int8 export waits for its fp32
+    # base: started together they would hold two lanes for the work of one)
+    groups = sorted(missing.values(),
+                    key=lambda vs: (vs[0].artifact[0] != "aoti", vs[0].artifact[1] != "fp32"))
     jobs = [Job(name=f"export-{vs[0].label}", target=EXPORT_VARIANT, timeout=cfg.timeout,
                 payload={"config": config, "variants": [v.label for v in vs],
                          "device": device, "image_size": image_size,
