@@ -101,11 +101,26 @@ class ExportSpec:
         return self.batch_size is None
 
 
+def _torchvision_version() -> str:
+    """torchvision's ``__version__`` (local part included, as keys always had it), read from
+    its version.py: importing torchvision costs a worker that only loads an artifact 1.6 s."""
+    import importlib.util
+    import re
+
+    try:
+        spec = importlib.util.find_spec("torchvision")
+        text = (Path(spec.submodule_search_locations[0]) / "version.py").read_text()
+        return re.search(r"^__version__ = ['\"]([^'\"]+)['\"]", text, re.M).group(1)
+    except (AttributeError, TypeError, IndexError, OSError):  # an unusual install
+        import torchvision
+
+        return torchvision.__version__
+
+
 def _versions(fmt: str, precision: str) -> dict[str, str]:
     import torch
-    import torchvision
 
-    v = {"torch": torch.__version__, "torchvision": torchvision.__version__}
+    v = {"torch": torch.__version__, "torchvision": _torchvision_version()}
     if fmt == "onnx":
         import onnx
 

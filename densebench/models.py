@@ -157,10 +157,15 @@ class WeightsSpec:
 
 @dataclass
 class LoadedModel:
-    """A model in eval mode on the CPU, in fp32, with what identifies its weights."""
+    """A model in eval mode on the CPU, in fp32, with what identifies its weights.
+
+    ``module`` is built when first used: a worker that runs a cached artifact against kept
+    reference logits never needs it (random weights; a weights file or ImageNet weights are
+    loaded at once, so that a bad one is reported before anything runs). Building densenet121
+    costs 2 s a process on 2 cores, most of it importing torchvision."""
 
     name: str
-    module: nn.Module
+    build: Callable[[], nn.Module] | None = field(repr=False)  # None: built already
     weights: WeightsSpec
     weights_id: str  # goes into artifact keys: seed, torchvision weights enum or file checksum
     num_classes: int
@@ -168,12 +173,31 @@ class LoadedModel:
     head_replaced: bool
     default_image_size: int
     notes: list[str] = field(default_factory=list)
+    _module: nn.Module | None = field(default=None, repr=False)
+
+    @property
+    def module(self) -> nn.Module:
+        if self._module is None:
+            assert self.build is not None
+            self._module = _inference_ready(self.build())
+        return self._module
+
+    def build_now(self) -> None:
+        """Build ``module`` now, if it is not built yet."""
+        self.module  # noqa: B018 (the property builds it)
 
     def describe_weights(self) -> str:
         if self.weights.kind == "random":
             return f"random weights (seed {self.weights.seed})"
         base = "ImageNet" if self.weights.kind == "imagenet" else f"file {self.weights.path}"
         return base + (" with a random classifier head" if self.head_replaced else "")
+
+
+def _inference_ready(module: nn.Module) -> nn.Module:
+    module.eval()
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module
 
 
 def _seeded(fn: Callable[[], nn.Module], seed: int) -> nn.Module:
@@ -257,7 +281,8 @@ def _load_file(path: Path) -> dict[str, torch.Tensor]:
 def load_model(
     name: str, weights: str | WeightsSpec | None = "random", num_classes: int | None = None,
 ) -> LoadedModel:
-    """Build ``name`` with ``weights`` on the CPU in eval mode, fp32."""
+    """``name`` with ``weights`` on the CPU in eval mode, fp32 (random weights: built when
+    its ``module`` is first used)."""
     entry = get_entry(name)
     spec = weights if isinstance(weights, WeightsSpec) else WeightsSpec.parse(weights)
     if num_classes is not None and num_classes < 1:
@@ -265,9 +290,11 @@ def load_model(
     classes = num_classes or DEFAULT_NUM_CLASSES
     head_replaced = False
     notes: list[str] = []
+    build, module = None, None
 
     if spec.kind == "random":
-        module = _seeded(lambda: entry.builder(num_classes=classes), spec.seed)
+        build = functools.partial(
+            _seeded, functools.partial(entry.builder, num_classes=classes), spec.seed)
         weights_id = f"random:{spec.seed}"
         random_weights = True
     elif spec.kind == "imagenet":
@@ -288,11 +315,9 @@ def load_model(
         weights_id = f"file:{sha256_file(spec.path)}"
         random_weights = False
 
-    module.eval()
-    for p in module.parameters():
-        p.requires_grad_(False)
     return LoadedModel(
-        name=name, module=module, weights=spec, weights_id=weights_id, num_classes=classes,
+        name=name, build=build, _module=None if module is None else _inference_ready(module),
+        weights=spec, weights_id=weights_id, num_classes=classes,
         random_weights=random_weights, head_replaced=head_replaced,
         default_image_size=entry.default_image_size, notes=notes,
     )
@@ -356,11 +381,14 @@ def _load_imagenet(entry: ModelEntry) -> tuple[nn.Module, str]:
 def check_image_size(name: str, image_size: int, num_classes: int | None = None) -> None:
     """Raise ModelError when ``name`` cannot take square images of ``image_size`` pixels.
 
-    Checked on the meta device: no weights, no compute.
+    Checked on the meta device: no weights, no compute. A model's own size is taken as
+    fitting without building it (building imports torchvision: 1.6 s a worker process).
     """
     if image_size < 1:
         raise ConfigError(f"image_size must be a positive number of pixels, got {image_size}",
                           setting="image_size")
+    if image_size == get_entry(name).default_image_size:
+        return
     if not _fits(name, image_size, num_classes):
         lo, hi = image_size, max(image_size * 2, 32)
         while not _fits(name, hi, num_classes):

