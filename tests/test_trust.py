@@ -53,7 +53,9 @@ def test_repeats_are_worker_processes_in_interleaved_rounds(cli, workdir):
 
 def test_the_interval_widens_with_the_spread_between_processes(cli, workdir, monkeypatch):
     rec = _run(cli, *SLEEPY_RUN, "-v", "sleep", "--repeats", "3",
-               env={"SLEEPY_PROCESS_JITTER": "0.4"}, monkeypatch=monkeypatch)
+               env={"SLEEPY_PROCESS_FACTORS": "0.6,1.0,1.4",
+                    "SLEEPY_PROCESS_COUNTER": str(workdir / "processes")},
+               monkeypatch=monkeypatch)
     (c,) = merged(rec.cells)
     st = c.stats
     assert st["processes_disagree"] is True

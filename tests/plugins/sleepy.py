@@ -9,6 +9,7 @@ of hundreds of cells (its fp32 reference costs microseconds).
 
 from __future__ import annotations
 
+import fcntl
 import os
 import time
 from dataclasses import dataclass
@@ -76,6 +77,15 @@ class SleepSession(Session):
         return out
 
 
+def _next_process_index() -> int:
+    with open(os.environ["SLEEPY_PROCESS_COUNTER"], "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        f.seek(0)
+        n = len(f.read())
+        f.write(".")
+    return n
+
+
 @register_backend
 class SleepBackend(Backend):
     NAME = "sleep"
@@ -83,17 +93,17 @@ class SleepBackend(Backend):
 
     def prepare(self, variant, loaded, device, *, artifact=None, threads=None,
                 profile_dir=None):
-        # SLEEPY_SCALE: a real slowdown (2 = twice as slow). SLEEPY_PROCESS_JITTER: each
-        # process draws its own factor in [1 - j, 1 + j], like compilation or memory layout
-        # would make processes differ; iterations within a process stay alike.
+        # SLEEPY_SCALE: a real slowdown (2 = twice as slow). SLEEPY_PROCESS_FACTORS: the
+        # n-th process to prepare (counted in the file $SLEEPY_PROCESS_COUNTER) runs its
+        # own factor slower, as compilation or memory layout make processes differ, while
+        # iterations within a process stay alike; fixed factors, so tests never draw a
+        # spread too small to see
         if os.environ.get("SLEEPY_FAIL") == variant.name:  # a runtime that breaks here
             raise RuntimeError(f"{variant.name} failed to load (SLEEPY_FAIL)")
         scale = float(os.environ.get("SLEEPY_SCALE", "1"))
-        jitter = float(os.environ.get("SLEEPY_PROCESS_JITTER", "0"))
-        if jitter:
-            import random
-
-            scale *= random.Random(os.getpid()).uniform(1 - jitter, 1 + jitter)
+        if factors := os.environ.get("SLEEPY_PROCESS_FACTORS"):
+            factors = [float(f) for f in factors.split(",")]
+            scale *= factors[_next_process_index() % len(factors)]
         return SleepSession(label=variant.label, device=device, options=dict(variant.options),
                             base_ms=variant.options["base_ms"] * scale,
                             per_image_ms=variant.options["per_image_ms"] * scale,
