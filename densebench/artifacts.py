@@ -279,6 +279,11 @@ class ArtifactCache:
     def __init__(self, root: Path | str | None = None):
         self.root = Path(root) if root is not None else default_root()
 
+    @property
+    def references(self) -> Path:
+        """Where eager fp32 logits are kept for parity checks (``prepare.kept_reference``)."""
+        return self.root / ".references"
+
     # ------------------------------------------------------------------ layout
     def _entry_dir(self, fields: dict) -> Path:
         d = sha256_json(fields)
@@ -423,6 +428,14 @@ class ArtifactCache:
         trash = self.root / ".tmp" / f"old-{art.path.name}-{uuid.uuid4().hex[:8]}"
         os.replace(art.path, trash)
         shutil.rmtree(trash, ignore_errors=True)
+
+    def remove_references(self) -> int:
+        """Remove every kept reference (they are computed again when next needed); how
+        many there were."""
+        kept = list(self.references.glob("*.pt")) if self.references.is_dir() else []
+        for f in kept:
+            f.unlink(missing_ok=True)
+        return len(kept)
 
 
 def _pid_alive(pid: int) -> bool:

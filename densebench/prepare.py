@@ -178,7 +178,7 @@ def prepare_variant(variant: Variant, ref: ModelRef, device: str, threads: int, 
     session = backend.prepare(variant, loaded, device, artifact=artifact, threads=threads,
                               profile_dir=profile_dir, **context)
     cold["load_s"] = round(time.perf_counter() - t0, 4)
-    references = (cache or ArtifactCache()).root / ".references"
+    references = (cache or ArtifactCache()).references
     size_mb = (artifact.size_bytes / 1e6 if artifact is not None else
                sum(p.numel() * p.element_size() for p in loaded.module.parameters()) / 1e6)
     return Prepared(variant=variant, backend=backend, loaded=loaded, image_size=image_size,

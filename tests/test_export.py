@@ -11,6 +11,7 @@ from densebench.artifacts import ArtifactCache, ExportSpec
 from densebench.errors import ConfigError, CorruptArtifactError
 from densebench.exporters import export_artifact, fixed_input, load_artifact
 from densebench.models import load_model
+from densebench.prepare import kept_reference
 
 from .conftest import TINY_SIZE, run_cli_process
 
@@ -164,8 +165,15 @@ def test_artifacts_list_json_rm(cli, workdir):
     assert r.exit_code == 0 and len(json.loads(cli("artifacts", "--json").stdout)) == 1
     r = cli("artifacts", "rm", "ffffffff")
     assert r.exit_code == 1 and "no artifact" in r.stderr
-    assert cli("artifacts", "rm", "--all").exit_code == 0
+    loaded = load_model("densenet-tiny")
+    x = fixed_input(2, int(TINY_SIZE))
+    kept_reference(ArtifactCache().references, loaded, x, lambda: loaded.module(x))
+    assert len(list(ArtifactCache().references.glob("*.pt"))) == 1
+    r = cli("artifacts", "rm", "--all")
+    assert r.exit_code == 0 and "removed 1 kept reference logits" in r.stdout
     assert json.loads(cli("artifacts", "--json").stdout) == []
+    assert list(ArtifactCache().references.glob("*.pt")) == []
+    assert cli("artifacts", "rm", "--all").stdout.strip() == "nothing to remove"
 
 
 @pytest.mark.parametrize("args,needle", [

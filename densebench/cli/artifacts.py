@@ -53,9 +53,9 @@ def _short(ts: str | None) -> str:
 @artifacts_app.command("rm")
 def rm(
     keys: Annotated[list[str] | None, typer.Argument(help="Keys (or unique prefixes) to remove.")] = None,
-    all_: Annotated[bool, typer.Option("--all", help="Remove every entry.")] = False,
+    all_: Annotated[bool, typer.Option("--all", help="Remove every entry, and the kept eager logits.")] = False,
 ) -> None:
-    """Remove entries by key, or all of them."""
+    """Remove entries by key, or all of them (with the eager fp32 logits kept for parity)."""
     from densebench.artifacts import ArtifactCache
 
     cache = ArtifactCache()
@@ -65,7 +65,10 @@ def rm(
     for a in targets:
         cache.remove(a)
         out.print(f"removed {a.path.name}")
-    if not targets:
+    references = cache.remove_references() if all_ else 0
+    if references:
+        out.print(f"removed {references} kept reference logits")
+    if not targets and not references:
         out.print("nothing to remove")
 
 
