@@ -137,7 +137,8 @@ def prepare_variant(variant: Variant, ref: ModelRef, device: str, threads: int, 
     """Load ``ref``'s model (unless ``loaded`` is given), export or find the variant's
     artifact, build its session on ``device`` with ``threads`` intra-op threads.
 
-    ``phase(name)`` is told each step (``load model``, ``export``, ``load``).
+    ``phase(name)`` is told each step (``load model``, ``export`` when the artifact is not
+    in the cache yet, ``load``).
     ``profile_dir``: prepare for a profile (backends whose profiler must be enabled when
     the session is built write there).
     """
@@ -163,9 +164,11 @@ def prepare_variant(variant: Variant, ref: ModelRef, device: str, threads: int, 
     if spec is None:  # runs the module itself: built here, not in the timed load
         loaded.build_now()
     if spec is not None:
-        say("export")
         t0 = time.perf_counter()
-        artifact, cached = export_artifact(spec, cache or ArtifactCache(), loaded=loaded)
+        artifact, cached = export_artifact(  # "export" is said only when one happens here
+            spec, cache or ArtifactCache(), loaded=loaded, progress=lambda step: (
+                say("export") if step.startswith("exporting") else
+                say("wait for another process's export") if step.startswith("waiting") else None))
         cold["export_s"] = 0.0 if cached else round(time.perf_counter() - t0, 3)
         cold["artifact_cached"] = cached
     context = {}

@@ -394,3 +394,7 @@ def test_a_worker_running_a_cached_artifact_neither_builds_the_model_nor_imports
     log = (RunStore().load(summary["run"]).path / "logs" / "onnxruntime.log").read_text()
     assert re.search(r"\| onnxruntime$", log, re.M), "the worker's imports were not logged"
     assert not re.search(r"\|\s+torchvision(\.\w+)*$", log, re.M)
+    # and its progress does not claim an export it did not do
+    assert re.search(r"onnxruntime: export$", first.stderr, re.M)
+    assert not re.search(r": export$", second.stderr, re.M)
+    assert "onnxruntime: ready (load" in second.stderr and "artifact cached" in second.stderr
