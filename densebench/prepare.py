@@ -163,12 +163,16 @@ def prepare_variant(variant: Variant, ref: ModelRef, device: str, threads: int, 
     spec = artifact_spec(variant, ref, device, image_size)
     if spec is None:  # runs the module itself: built here, not in the timed load
         loaded.build_now()
-    if spec is not None:
+    else:
+        def exporting(step: str) -> None:  # said only when an export happens, not when cached
+            if step.startswith("exporting"):
+                say("export")
+            elif step.startswith("waiting"):
+                say("wait for another process's export")
+
         t0 = time.perf_counter()
-        artifact, cached = export_artifact(  # "export" is said only when one happens here
-            spec, cache or ArtifactCache(), loaded=loaded, progress=lambda step: (
-                say("export") if step.startswith("exporting") else
-                say("wait for another process's export") if step.startswith("waiting") else None))
+        artifact, cached = export_artifact(spec, cache or ArtifactCache(), loaded=loaded,
+                                           progress=exporting)
         cold["export_s"] = 0.0 if cached else round(time.perf_counter() - t0, 3)
         cold["artifact_cached"] = cached
     context = {}
