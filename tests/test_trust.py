@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -64,7 +65,8 @@ def test_the_interval_widens_with_the_spread_between_processes(cli, workdir, mon
     process_level = st["p50_ci_ms"]
     assert process_level[1] - process_level[0] > 2 * (pooled[1] - pooled[0])
     shown = cli("show", rec.id).stdout
-    assert "sleep~" in shown and "worker processes disagree" in shown
+    # '!' comes before '~' when the host was busy during the cell (a loaded CI host)
+    assert re.search(r"\bsleep!?~", shown) and "worker processes disagree" in shown
 
 
 def test_compare_calls_a_real_2x_slowdown_and_not_the_noise(cli, workdir, monkeypatch):
