@@ -148,6 +148,7 @@ def prepare_variant(variant: Variant, ref: ModelRef, device: str, threads: int, 
     from densebench.models import check_image_size, load_model
 
     say = phase or (lambda name: None)
+    cache = cache or ArtifactCache()
     backend = get_backend(variant.backend)
     why = backend.supported(variant, device)
     if why is not None:  # never a quietly different experiment
@@ -171,8 +172,7 @@ def prepare_variant(variant: Variant, ref: ModelRef, device: str, threads: int, 
                 say("wait for another process's export")
 
         t0 = time.perf_counter()
-        artifact, cached = export_artifact(spec, cache or ArtifactCache(), loaded=loaded,
-                                           progress=exporting)
+        artifact, cached = export_artifact(spec, cache, loaded=loaded, progress=exporting)
         cold["export_s"] = 0.0 if cached else round(time.perf_counter() - t0, 3)
         cold["artifact_cached"] = cached
     context = {}
@@ -185,10 +185,9 @@ def prepare_variant(variant: Variant, ref: ModelRef, device: str, threads: int, 
     session = backend.prepare(variant, loaded, device, artifact=artifact, threads=threads,
                               profile_dir=profile_dir, **context)
     cold["load_s"] = round(time.perf_counter() - t0, 4)
-    references = (cache or ArtifactCache()).references
     size_mb = (artifact.size_bytes / 1e6 if artifact is not None else
                sum(p.numel() * p.element_size() for p in loaded.module.parameters()) / 1e6)
     return Prepared(variant=variant, backend=backend, loaded=loaded, image_size=image_size,
                     device=device, threads=threads, session=session, artifact=artifact,
                     context=context, cold_start=cold, model_size_mb=size_mb,
-                    references=references)
+                    references=cache.references)
