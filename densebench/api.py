@@ -5,7 +5,7 @@
     run = densebench.benchmark(model="densenet121", variants=["eager", "onnxruntime"],
                                batch_sizes=[1, 16], min_time=2)
     df = run.frame()                           # one row per cell, results.csv's columns
-    old = densebench.load_run("baseline")      # a stored run by id, name or path
+    old = densebench.load_run("bench~1")       # by id, name (its latest run), NAME~N or path
     comp = densebench.compare_runs(old, run)   # ratios, intervals, verdicts (data)
 
 (The names avoid ``densebench.run`` and ``densebench.compare``, which are modules.)
@@ -34,7 +34,9 @@ def benchmark(config: RunConfig | None = None, *, progress: Callable[[dict], Non
 
 
 def load_run(ref: str):
-    """A stored run by id, unique id prefix, name or path (any schema version)."""
+    """A stored run by id, unique id prefix, name (its latest run), ``NAME~N`` (the N-th
+    run of that name before the latest) or path, any schema version; the record's
+    ``resolved_note`` says which run a name meant."""
     from densebench.results.store import RunStore
 
     return RunStore().load(ref)

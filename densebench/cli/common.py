@@ -31,5 +31,14 @@ def status(message: str, quiet: bool = False):
         yield lambda text: st.update(f"{message}: {text}")
 
 
+def load_run(store, ref: str):
+    """The stored run ``ref`` names (id, prefix, name, ``NAME~N`` or path), saying on
+    stderr which run a name meant."""
+    rec = store.load(ref)
+    if rec.resolved_note:
+        err.print(rec.resolved_note, markup=False)
+    return rec
+
+
 def print_json(obj) -> None:
     sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")

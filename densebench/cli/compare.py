@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from densebench.cli.common import err, out, print_json
+from densebench.cli.common import err, load_run, out, print_json
 from densebench.errors import ConfigError
 
 FORMATS = ("table", "markdown", "json", "csv")
@@ -22,7 +22,7 @@ def _fmt(v, digits=3) -> str:
 
 
 def compare(
-    runs: Annotated[list[str], typer.Argument(help="Run ids, names or paths; the first is the baseline.")],
+    runs: Annotated[list[str], typer.Argument(help="Run ids, names or paths; the first is the baseline. A name is its latest run, NAME~1 the one before; one run alone is compared with the run of its name before it.")],
     metric: Annotated[str, typer.Option(help="p50 | p90 | p99 | throughput: the metric verdicts are on.")] = "p50",
     threshold: Annotated[float, typer.Option(help="Relative change below which no change is called (0.05 = 5%).")] = 0.05,
     format: Annotated[str, typer.Option("--format", help="table | markdown | json | csv")] = "table",
@@ -33,6 +33,8 @@ def compare(
 
     Example: densebench compare baseline candidate --fail-on-regression
 
+    The last two runs of one name: densebench compare bench~1 bench (or: compare bench)
+
     Across machines: densebench compare my-sweep --by host
     """
     from densebench.compare import compare_runs, rows
@@ -41,7 +43,9 @@ def compare(
     if format not in FORMATS:
         raise ConfigError(f"unknown format {format!r}: choose from {', '.join(FORMATS)}")
     store = RunStore()
-    records = [store.load(r) for r in runs]
+    records = [load_run(store, r) for r in runs]
+    if len(records) == 1 and by is None:  # the run of its name before it, as baseline
+        records.insert(0, load_run(store, _before(records[0])))
     if by is not None:
         if by != "host":
             raise ConfigError(f"--by {by!r}: compare can group by host only")
@@ -68,6 +72,18 @@ def compare(
     if fail_on_regression and comp.regressions:
         err.print(f"{len(comp.regressions)} regression(s) beyond {threshold:.0%} on {metric}")
         raise typer.Exit(1)
+
+
+def _before(rec) -> str:
+    """The reference of the run named as ``rec`` just before it."""
+    found = rec.resolved
+    if found is None or found.name is None:
+        name = rec.name
+        if name is None:
+            raise ConfigError(f"compare needs two runs: run {rec.id} has no name, so no "
+                              "run comes before it (name runs with --name, or give two)")
+        return f"{rec.id}~1"
+    return f"{found.name}~{found.back + 1}"
 
 
 def _direction(metric: str) -> str:

@@ -7,11 +7,11 @@ from typing import Annotated
 
 import typer
 
-from densebench.cli.common import out
+from densebench.cli.common import load_run, out
 
 
 def report(
-    runs: Annotated[list[str], typer.Argument(help="Run ids, names or paths.")],
+    runs: Annotated[list[str], typer.Argument(help="Run ids, names (bench: its latest run; bench~1: the one before), or paths.")],
     out_dir: Annotated[Path, typer.Option("--out", help="Directory for the PNGs and index.html.")] = Path("report"),
 ) -> None:
     """PNG plots (throughput with intervals, latency distributions, batch scaling, parity or
@@ -22,7 +22,7 @@ def report(
     from densebench.results.store import RunStore
 
     store = RunStore()
-    data = [store.load(r) for r in runs]
+    data = [load_run(store, r) for r in runs]
     if not any(c.ok and (c.stats or c.search) for d in data for c in d.cells):
         raise StoreError("the runs hold no finished cell: nothing to plot")
     try:

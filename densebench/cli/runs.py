@@ -6,37 +6,50 @@ from typing import Annotated
 
 import typer
 
-from densebench.cli.common import out, print_json
+from densebench.cli.common import load_run, out, print_json
 
 
-def runs(json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
-    """List stored runs (newest last)."""
+def runs(
+    name: Annotated[str | None, typer.Argument(help="Only the runs of this name, newest first, each with the NAME~N it answers to.")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List stored runs (newest last), or the runs of one name (newest first)."""
+    from densebench.errors import StoreError
     from densebench.report.tables import runs_table
     from densebench.results.store import DamagedRun, RunStore
 
     store = RunStore()
-    records = store.scan()
+    if name is None:
+        records, as_refs = store.scan(), None
+    else:
+        found = store.named(name)
+        if not found:
+            raise StoreError(f"no run is named {name!r} in {store.root}: `densebench runs` "
+                             "lists every run")
+        as_refs, records = [r for r, _ in found], [rec for _, rec in found]
     if json_out:
-        print_json([{"id": r.path.name, "status": "damaged", "reason": r.reason,
-                     "path": str(r.path)} if isinstance(r, DamagedRun) else
-                    {k: r.data.get(k) for k in ("id", "name", "kind", "created", "device")}
-                    | {"status": r.status, "path": str(r.path)} for r in records])
+        print_json([({"id": r.path.name, "status": "damaged", "reason": r.reason,
+                      "path": str(r.path)} if isinstance(r, DamagedRun) else
+                     {k: r.data.get(k) for k in ("id", "name", "kind", "created", "device")}
+                     | {"status": r.status, "path": str(r.path)})
+                    | ({"ref": as_refs[i]} if as_refs else {})
+                    for i, r in enumerate(records)])
         return
     if not records:
         out.print(f"no runs in {store.root}")
         return
-    out.print(runs_table(records))
+    out.print(runs_table(records, as_refs))
 
 
 def show(
-    run: Annotated[str, typer.Argument(help="Run id (or unique prefix), name, or path.")],
+    run: Annotated[str, typer.Argument(help="Run id (or unique prefix), name (its latest run; NAME~1: the one before), or path.")],
     json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Render a stored run from its files alone."""
     from densebench.report.tables import summary_rows, summary_table, sweep_tables
     from densebench.results.store import RunStore
 
-    rec = RunStore().load(run)
+    rec = load_run(RunStore(), run)
     if json_out:
         print_json({"run": rec.id, "path": str(rec.path), "status": rec.status,
                     "schema_version": rec.data.get("schema_version"),

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from densebench.cli.common import out, print_json
+from densebench.cli.common import load_run, out, print_json
 from densebench.errors import ConfigError
 
 
@@ -37,7 +37,7 @@ def sweep(
                           "--resume RUN")
     sw = None
     if resume is not None:
-        rec = RunStore().load(resume)
+        rec = load_run(RunStore(), resume)
         stored = (rec.data.get("sweep") or {}).get("spec")
         if rec.data.get("kind") != "sweep" or stored is None:
             raise ConfigError(f"resume: run {rec.id} is a {rec.data.get('kind')} run, not a "

@@ -313,21 +313,25 @@ def search_table(run) -> Group:
     return Group(t, *foot)
 
 
-def runs_table(records) -> Table:
-    """Every run directory, the damaged ones too, with what is wrong with them."""
+def runs_table(records, as_refs: list[str] | None = None) -> Table:
+    """Every run directory, the damaged ones too, with what is wrong with them; with
+    ``as_refs``, the runs of one name and the ``NAME~N`` each answers to."""
     from densebench.results.store import DamagedRun
 
-    t = Table(title="stored runs")
-    for col in ("id", "name", "kind", "created", "model", "device", "cells ok", "status"):
-        t.add_column(col, no_wrap=col in ("id", "created"))
-    for r in records:
+    t = Table(title="stored runs" if as_refs is None else
+              f"runs named {as_refs[0]}, newest first")
+    cols = ("id", "name", "kind", "created", "model", "device", "cells ok", "status")
+    for col in cols if as_refs is None else ("as", *cols):
+        t.add_column(col, no_wrap=col in ("as", "id", "created"))
+    for i, r in enumerate(records):
+        lead = [] if as_refs is None else [as_refs[i]]
         if isinstance(r, DamagedRun):
-            t.add_row(r.path.name, "", "", "", "", "", "",
+            t.add_row(*lead, r.path.name, "", "", "", "", "", "",
                       Text(f"damaged: {r.reason}", style="red"))
             continue
         d = r.data
         ok = sum(c.ok for c in r.cells)
-        t.add_row(d["id"], d.get("name") or "", d.get("kind", ""),
+        t.add_row(*lead, d["id"], d.get("name") or "", d.get("kind", ""),
                   (d.get("created") or "")[:19].replace("T", " "),
                   (d.get("model") or {}).get("name", ""), d.get("device", ""),
                   f"{ok}/{len(r.cells)}",

@@ -23,12 +23,14 @@ import json
 import os
 import re
 import secrets
+import time
 from pathlib import Path
 
 from densebench.errors import ConfigError, StoreError
+from densebench.results import refs
 from densebench.results.schema import SCHEMA, SCHEMA_VERSION, Cell, latest, migrate
 
-RUN_FILE = "run.json"
+RUN_FILE = refs.RUN_FILE
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}")
 CELLS_FILE = "cells.jsonl"
 CSV_FILE = "results.csv"
@@ -67,6 +69,8 @@ class RunRecord:
         self.cells: list[Cell] = cells if cells is not None else []
         self.load_warnings: list[str] = []
         self.bytes_written = 0  # everything this object wrote: linear in the cells
+        self.resolved: refs.Resolved | None = None  # how RunStore.load found it
+        self.resolved_note: str | None = None  # which run a name meant, for stderr
 
     @property
     def id(self) -> str:
@@ -188,7 +192,8 @@ class RunStore:
             ) from e
         data = {
             "schema": SCHEMA, "schema_version": SCHEMA_VERSION, "id": run_id, "name": name,
-            "kind": kind, "created": _now(), "finished": None, "status": "running",
+            "kind": kind, "created": _now(), "created_ns": time.time_ns(), "finished": None,
+            "status": "running",
             "config": config, "environment": environment, "host": host_identity(),
             "skipped": [], "variants": {}, "profiles": [], "owner": _owner(),
             **(extra or {}),
@@ -225,42 +230,53 @@ class RunStore:
                 out.append(DamagedRun(p, str(e)))
         return out
 
-    def resolve(self, ref: str) -> Path:
-        """A run by path, id, unique id prefix or name; an ambiguous reference is refused
-        with the candidates, never resolved by a guess."""
+    def locate(self, ref: str) -> refs.Resolved:
+        """A run by path, id, unique id prefix, name (its newest run) or ``NAME~N``
+        (``results.refs``); an ambiguous id prefix is refused with the candidates, never
+        resolved by a guess, and a damaged run says what is wrong with it."""
         p = Path(ref)
         if (p / RUN_FILE).is_file():
-            return p
+            return refs.Resolved(p)
         if p.name == RUN_FILE and p.is_file():
-            return p.parent
+            return refs.Resolved(p.parent)
         if (self.root / ref / RUN_FILE).is_file():
-            return self.root / ref
-        scanned = self.scan()
-        by_name = [r for r in scanned if not isinstance(r, DamagedRun) and r.name == ref]
-        by_prefix = [r for r in scanned if r.path.name.startswith(ref)]
-        for found, what in ((by_name, "name"), (by_prefix, "id prefix")):
-            if len(found) > 1:
-                ids = ", ".join(r.path.name for r in found)
-                raise StoreError(f"run {what} {ref!r} matches {len(found)} runs ({ids}): give "
-                                 "one of these ids")
-            if found:
-                if isinstance(found[0], DamagedRun):
-                    raise StoreError(found[0].reason)
-                return found[0].path
-        named_damaged = [d for d in scanned if isinstance(d, DamagedRun)
-                         and _peek_name(d.path) == ref]
-        if named_damaged:  # the run of that name exists but cannot be read: say why
-            raise StoreError(named_damaged[0].reason)
-        damaged = sum(isinstance(r, DamagedRun) for r in scanned)
-        extra = (f"; {damaged} run(s) there cannot be read (`densebench runs` lists them)"
-                 if damaged else "")
-        raise StoreError(
-            f"no run {ref!r} in {self.root} (nor such a path): see `densebench runs`{extra}"
-        )
+            return refs.Resolved(self.root / ref)
+        found = refs.resolve(self.root, [refs.peek(d) for d in self.paths()], ref)
+        return found
+
+    def resolve(self, ref: str) -> Path:
+        return self.locate(ref).path
 
     def load(self, ref: str) -> RunRecord:
-        return load_run(self.resolve(ref))
+        """The run ``ref`` names, loaded; ``resolved_note`` says which run a name meant
+        (None where the reference was exact), and an abandoned run says so there."""
+        found = self.locate(ref)
+        try:
+            rec = load_run(found.path)
+        except StoreError as e:
+            if found.name is None:
+                raise
+            raise StoreError(f"{ref} is run {found.path.name}, which cannot be read: {e}") \
+                from e
+        notes = [found.note] if found.note else []
+        if rec.status == "abandoned":
+            notes.append(f"run {rec.id} is abandoned: the process that wrote it ended before "
+                         "it finished")
+        rec.resolved = found
+        rec.resolved_note = "; ".join(notes) or None
+        return rec
 
+    def named(self, name: str) -> list[tuple[str, RunRecord | DamagedRun]]:
+        """The runs called ``name``, newest first, each with the reference it answers to
+        (``name``, ``name~1``, ...); a damaged one keeps its place."""
+        out = []
+        for i, d in enumerate(refs.named([refs.peek(p) for p in self.paths()], name)):
+            try:
+                rec = load_run(d.path)
+            except StoreError as e:
+                rec = DamagedRun(d.path, str(e))
+            out.append((name if i == 0 else f"{name}~{i}", rec))
+        return out
 
 
 def _owner() -> dict:
@@ -305,15 +321,6 @@ class DamagedRun:
     def __init__(self, path: Path, reason: str):
         self.path = Path(path)
         self.reason = reason
-
-
-def _peek_name(path: Path) -> str | None:
-    """The name a run.json gives itself, if its JSON can be read at all."""
-    try:
-        data = json.loads((Path(path) / RUN_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-    return data.get("name") if isinstance(data, dict) else None
 
 
 def load_run(path: Path) -> RunRecord:
