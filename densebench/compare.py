@@ -65,11 +65,10 @@ class Comparison:
         return asdict(self)
 
 
-def _key(c) -> tuple:
+def _key(c):
     """model, variant, batch size, mode, device, scenario (and a sweep's other varying
     axes): the cell key less its host."""
-    k = c.key()
-    return (*k[:6], *k[7:])
+    return c.key().without_host()
 
 
 def _stat(samples: np.ndarray, metric: str, batch: int, axis=None):
@@ -215,7 +214,7 @@ def compare_runs(runs: list, metric: str = "p50", threshold: float = 0.05) -> Co
             k = _key(c)
             b = base_cells.get(k)
             if b is None:
-                unmatched.append({"run": run.id, **_named(k), "reason": "not in the baseline"})
+                unmatched.append({"run": run.id, **k.named(), "reason": "not in the baseline"})
                 continue
             matched_base.add(k)
             bs = c.batch_size
@@ -262,13 +261,14 @@ def compare_runs(runs: list, metric: str = "p50", threshold: float = 0.05) -> Co
                 if bval == "VALID":
                     verdict = "slower"  # a configuration that no longer meets its bound
             cells.append(CellComparison(
-                model=k[0], variant=k[1], batch_size=bs, mode=k[3], device=k[4],
-                scenario=k[5], run=run.id, metric=metric, baseline=bv, candidate=cv,
-                ratio=ratio, ci=ci, verdict=verdict, values=values, note=note))
+                model=k.model, variant=k.variant, batch_size=bs, mode=k.mode,
+                device=k.device, scenario=k.scenario, run=run.id, metric=metric,
+                baseline=bv, candidate=cv, ratio=ratio, ci=ci, verdict=verdict,
+                values=values, note=note))
         geomean[run.id] = math.exp(sum(logs) / len(logs)) if logs else None
     for k in base_cells:
         if k not in matched_base:
-            unmatched.append({"run": base_run.id, **_named(k), "reason": "only in the baseline"})
+            unmatched.append({"run": base_run.id, **k.named(), "reason": "only in the baseline"})
     if not cells:
         raise StoreError(
             "the runs have no cell in common (matched by model, variant, batch size, mode, "
@@ -319,12 +319,6 @@ def _loadgen_values(b, c) -> dict:
         if bv and cv:
             values[m] = (float(bv), float(cv), float(cv) / float(bv))
     return values
-
-
-def _named(k: tuple) -> dict:
-    fields = ("model", "variant", "batch_size", "mode", "device", "scenario")
-    named = dict(zip(fields, k[:6], strict=True))
-    return named | {name: value for name, value in k[6:]}
 
 
 def rows(comp: Comparison) -> list[dict]:

@@ -210,3 +210,55 @@ def test_an_unreachable_cluster_is_one_line_naming_the_address(cli, workdir):
     assert "ray start --head" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert time.monotonic() - t0 < 60
     assert not (workdir / "runs").exists()
+
+
+def test_cells_with_axes_measured_on_another_host_are_reported_once(workdir):
+    """A sweep's planned cells carry the host they were planned for and the axes the sweep
+    varies; the worker stamps the host it really ran on (a cluster node). Matching what the
+    worker reported against the plan leaves the host out, and only the host: every cell is
+    reported once and none is failed as missing."""
+    from densebench.executors import get_executor
+
+    sw = parse_sweep({"models": ["pool-tiny"], "variants": ["sleep"], "batch_sizes": [1, 2],
+                      "image_sizes": [8, 16], "modes": ["model"], "devices": ["cpu"],
+                      "measure": {"warmup": 0, "iters": 2, "repeats": 1}})
+    run_dir = workdir / "runs" / "r"
+    run_dir.mkdir(parents=True)
+    planned_on = {"hostname": "planned-elsewhere", "machine_id": "not-this-machine"}
+    jobs = sw.jobs(run_dir, planned_on)
+    assert {c["axes"]["image_size"] for j in jobs for c in j.cells} == {8, 16}
+    events = []
+    executor = get_executor("subprocess", log_dir=run_dir / "logs")
+    for job in jobs:
+        executor.run(job, events.append)
+    cells = [e["cell"] for e in events if e.get("event") == "cell"]
+    assert len(cells) == sum(len(j.cells) for j in jobs) == 4
+    assert all(c["status"] == "ok" for c in cells), [c["error"] for c in cells]
+    assert all(c["host"]["hostname"] != "planned-elsewhere" for c in cells)
+
+
+def test_cells_with_axes_compare_across_hosts_axis_by_axis(workdir):
+    """compare --by host matches a sweep's cells by their key without the host: the same
+    variant, batch size and image size on two hosts, each image size apart."""
+    from densebench.compare import compare_runs
+    from densebench.environment import fingerprint
+    from densebench.measure.stats import summarize
+    from densebench.report.tables import by_host
+    from densebench.results.schema import Cell
+
+    rec = RunStore().create("sweep", "two-hosts", {}, fingerprint())
+    # host b is 2x slower at 8 px and as fast at 16 px
+    for host, slow8 in (("a", 1.0), ("b", 2.0)):
+        for size, ms in ((8, 5.0 * slow8), (16, 9.0)):
+            samples = [ms * (1 + 0.01 * ((i * 7) % 5 - 2)) for i in range(60)]
+            rec.add_cell(Cell(model="pool-tiny", variant="sleep", batch_size=1, mode="model",
+                              device="cpu", host={"hostname": host, "machine_id": host},
+                              axes={"image_size": size}, samples_ms=samples,
+                              stats=summarize(samples, 1)))
+    rec.finish("complete")
+    comp = compare_runs(by_host([RunStore().load(rec.id)]))
+    assert comp.runs == ["b"] and not comp.unmatched
+    by_size = {c.ratio: c.verdict for c in comp.cells}
+    assert len(comp.cells) == 2
+    assert sorted(round(r, 2) for r in by_size) == [1.0, 2.0]
+    assert by_size[max(by_size)] == "slower"

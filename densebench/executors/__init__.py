@@ -118,8 +118,7 @@ def pending(job: Job, done: set, hostless: bool) -> Job | None:
 
 def done_key(c: Cell, hostless: bool) -> tuple:
     """A cell's key and repeat, with its host left out when ``hostless``."""
-    key = c.key()
-    return (*key[:6], None if hostless else key[6], *key[7:], c.repeat)
+    return (c.key().without_host() if hostless else c.key(), c.repeat)
 
 
 class CellTracker:
@@ -145,7 +144,7 @@ def _planned_key(cell: dict) -> tuple:
     """A cell's key without its host (the worker stamps the host it really ran on), with
     its repeat (which worker process)."""
     c = Cell.from_dict(cell)
-    return (*c.key()[:-1], c.repeat)
+    return (c.key().without_host(), c.repeat)
 
 
 _REGISTRY: dict[str, type[Executor]] = {}

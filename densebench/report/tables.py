@@ -433,15 +433,15 @@ def host_pivot(runs: list, metric: str = "throughput") -> dict:
                 continue
             h = host_key(c.host)
             hosts.setdefault(h, c.host.get("node") or c.hostname or h)
-            k = c.key()
-            row = table.setdefault((*k[:6], *k[7:]), {})
+            row = table.setdefault(c.key().without_host(), {})
             row[h] = c.stats[_stat_key(metric)]
     rows = []
     for k, values in table.items():
         better = max if metric == "throughput" else min
         best = better(values, key=values.get)
-        rows.append({"model": k[0], "variant": k[1], "batch_size": k[2], "mode": k[3],
-                     "device": k[4], "scenario": k[5], "axes": dict(k[6:]),
+        rows.append({"model": k.model, "variant": k.variant, "batch_size": k.batch_size,
+                     "mode": k.mode, "device": k.device, "scenario": k.scenario,
+                     "axes": dict(k.axes),
                      "values": {hosts[h]: v for h, v in values.items()},
                      "best_host": hosts[best],
                      "spread": better(values.values()) / (min if better is max else max)(

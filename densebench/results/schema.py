@@ -20,10 +20,38 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 SCHEMA = "densebench.run"
 SCHEMA_VERSION = 2
 CLOSED_LOOP = "closed-loop"
+
+
+class CellKey(NamedTuple):
+    """What identifies a cell within a run, and matches it across runs: named fields, and
+    the two views callers need (across hosts: ``without_host``; across sweeps that vary
+    other axes: ``without_axes``). Never sliced by position."""
+
+    model: str
+    variant: str
+    batch_size: int
+    mode: str
+    device: str
+    scenario: str
+    host: str | None  # host_key(): machine id (or hostname)[/node]
+    axes: tuple = ()  # a sweep's other varying axes, as sorted (name, value) pairs
+
+    def without_host(self) -> CellKey:
+        return self._replace(host=None)
+
+    def without_axes(self) -> CellKey:
+        return self._replace(axes=())
+
+    def named(self) -> dict:
+        """The key as a dict (its axes spread out by name), host left out."""
+        d = self._asdict()
+        del d["host"]
+        return {**{k: v for k, v in d.items() if k != "axes"}, **dict(self.axes)}
 
 
 @dataclass
@@ -88,13 +116,12 @@ class Cell:
         """Not run because its host cannot run it (a sweep's bf16 cell on a CPU without bf16)."""
         return self.status == "skipped"
 
-    def key(self) -> tuple:
+    def key(self) -> CellKey:
         """What identifies the cell within a run, and matches it across runs (with host).
 
         A sweep's cell adds the axes the sweep varies beyond these (image size, threads)."""
-        key = (self.model, self.variant, self.batch_size, self.mode, self.device,
-               self.scenario, host_key(self.host))
-        return key + tuple(sorted(self.axes.items())) if self.axes else key
+        return CellKey(self.model, self.variant, self.batch_size, self.mode, self.device,
+                       self.scenario, host_key(self.host), tuple(sorted(self.axes.items())))
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
