@@ -281,7 +281,7 @@ class ArtifactCache:
 
     @property
     def references(self) -> Path:
-        """Where eager fp32 logits are kept for parity checks (``prepare.kept_reference``)."""
+        """Where eager fp32 logits are kept for parity checks (``parity.kept_reference``)."""
         return self.root / ".references"
 
     # ------------------------------------------------------------------ layout

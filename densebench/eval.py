@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from densebench.errors import bad_setting, check_threads, interrupted, one_line
+from densebench.parity import ParityAccumulator
 from densebench.results.schema import Cell
 
 Emit = Callable[[dict], None]
@@ -32,32 +33,6 @@ def topk_correct(logits: torch.Tensor, labels: torch.Tensor, k: int) -> int:
     k = min(k, logits.shape[1])
     top = logits.topk(k, dim=1).indices
     return int((top == labels.unsqueeze(1)).any(dim=1).sum())
-
-
-class ParityAccumulator:
-    """Parity of a variant's logits with the reference over many batches."""
-
-    def __init__(self):
-        self.n = 0
-        self.agree = 0
-        self.max_abs = 0.0
-        self.cos_min = 1.0
-        self.cos_sum = 0.0
-
-    def add(self, out: torch.Tensor, ref: torch.Tensor) -> None:
-        out, ref = out.float(), ref.float()
-        self.n += out.shape[0]
-        self.agree += int((out.argmax(1) == ref.argmax(1)).sum())
-        self.max_abs = max(self.max_abs, float((out - ref).abs().max()))
-        cos = torch.nn.functional.cosine_similarity(out, ref, dim=1)
-        self.cos_min = min(self.cos_min, float(cos.min()))
-        self.cos_sum += float(cos.sum())
-
-    def result(self) -> dict:
-        return {"top1_agreement": self.agree / self.n if self.n else None,
-                "max_abs_error": self.max_abs, "cosine_similarity_min": self.cos_min,
-                "cosine_similarity_mean": self.cos_sum / self.n if self.n else None,
-                "images": self.n}
 
 
 def accuracy_result(top1: int, top5: int, n: int, meaningful: bool, why: str | None) -> dict:

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from densebench.backends import Backend, Session, get_backend
+from densebench.parity import kept_reference
 from densebench.variants import Variant
 
 
@@ -81,42 +82,6 @@ class Prepared:
                 "options": self.session.options, "cold_start": dict(self.cold_start),
                 "artifact": self.artifact.key if self.artifact is not None else None,
                 "model_size_mb": self.model_size_mb}
-
-
-def kept_reference(directory: Path, loaded, x: torch.Tensor,
-                   compute: Callable[[], torch.Tensor]) -> torch.Tensor:
-    """``compute()``'s logits for ``x``, read from ``directory`` when kept there, else
-    computed and kept (written whole, then renamed). A file that cannot be read, or holds
-    logits of the wrong shape, is computed again and replaced."""
-    import hashlib
-    import os
-    import uuid
-
-    from densebench.checksums import sha256_json
-
-    x = x.detach().cpu().contiguous()
-    key = sha256_json({"model": loaded.name, "weights": loaded.weights_id,
-                       "num_classes": loaded.num_classes, "torch": torch.__version__,
-                       "shape": list(x.shape), "dtype": str(x.dtype),
-                       "input": hashlib.sha256(x.numpy().tobytes()).hexdigest()})
-    path = directory / f"{key[:32]}.pt"
-    want = (x.shape[0], loaded.num_classes)
-    try:
-        kept = torch.load(path, weights_only=True)
-        if isinstance(kept, torch.Tensor) and tuple(kept.shape) == want and \
-                kept.dtype == torch.float32:
-            return kept
-    except Exception:  # absent, or damaged: computed again below
-        pass
-    ref = compute()
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        tmp = directory / f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        torch.save(ref.detach().cpu().clone(), tmp)
-        os.replace(tmp, path)
-    except OSError:  # a read-only cache: the logits are simply not kept
-        pass
-    return ref
 
 
 def artifact_spec(variant: Variant, ref: ModelRef, device: str, image_size: int):

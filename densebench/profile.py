@@ -198,8 +198,8 @@ def run_profile(cfg: ProfileConfig, *, progress: Emit | None = None):
 
     from densebench.devices import resolve_device
     from densebench.environment import cpu_info, fingerprint, process_cpu_seconds
-    from densebench.exporters import fixed_input
     from densebench.models import check_image_size, load_model
+    from densebench.parity import fixed_input
     from densebench.prepare import ModelRef, prepare_variant
     from densebench.results.store import RunStore
     from densebench.scenarios.closed_loop import peak_rss_mb

@@ -41,9 +41,9 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def harness_overhead(rounds: int, iters: int) -> dict:
-    from densebench.exporters import fixed_input
     from densebench.measure.engine import StopRule, Warmup, time_calls, warm_up
     from densebench.measure.stats import summarize
+    from densebench.parity import fixed_input
     from densebench.prepare import ModelRef, prepare_variant
     from densebench.variants import get_variant
 
@@ -72,7 +72,7 @@ def best_over_eager(variants: list[str], min_time: float, repeats: int,
     """`densebench run` itself at batch 1 and 16: every variant in `repeats` worker
     processes, rounds interleaved across variants, so the published ratios (throughput at
     16, p50 latency at 1) are the product's own numbers."""
-    from densebench.exporters import parity_within
+    from densebench.parity import within as parity_within
     from densebench.results.repeats import merged
     from densebench.results.store import RunStore, load_run
     from densebench.variants import get_variant

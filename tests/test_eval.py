@@ -10,8 +10,9 @@ import torch
 from PIL import Image
 
 from densebench.data import Source, load
-from densebench.eval import ParityAccumulator, topk_correct, wilson_interval
+from densebench.eval import topk_correct, wilson_interval
 from densebench.models import load_model
+from densebench.parity import ParityAccumulator
 from densebench.results.store import RunStore
 
 SIZE = 32
@@ -144,6 +145,33 @@ def test_synthetic_is_parity_only(cli, workdir):
     cells = json.loads(r.stdout)["cells"]
     assert all(c["accuracy"] is None for c in cells)
     assert cells[1]["parity"]["images"] == 6 and cells[1]["parity"]["max_abs_error"] < 1e-4
+
+
+def test_eval_parity_is_judged_against_its_threshold(cli, workdir):
+    """An fp32 runtime within 1e-4 of eager is within its threshold; one whose logits are
+    moved by 1e-3 of the largest (the test runtime `perturbed`) is beyond it, in the
+    stored run's table and in the eval table."""
+    r = cli("eval", "-m", "densenet-tiny", "--image-size", SIZE, "--data", "synthetic",
+            "--limit", "6", "-b", "3", "-v", "eager,torchscript,perturbed", "--device", "cpu",
+            "--name", "judged", "--json")
+    assert r.exit_code == 0, r.stderr
+    cells = {c["variant"]: c["parity"] for c in json.loads(r.stdout)["cells"]}
+    scale = cells["torchscript"]["max_abs_reference"]
+    assert scale > 0 and cells["torchscript"]["max_abs_error"] / scale < 1e-4
+    assert cells["perturbed"]["max_abs_error"] / scale == pytest.approx(1e-3, rel=0.01)
+    shown = {c["variant"]: c for c in json.loads(cli("show", "judged", "--json").stdout)
+             ["cells"]}
+    assert shown["eager"]["parity_within"] is True
+    assert shown["torchscript"]["parity_within"] is True
+    assert shown["perturbed"]["parity_within"] is False
+    table = cli("show", "judged").stdout
+    assert "perturbed batch 3: logits differ from fp32 by more than the fp32 threshold" \
+        in table and "torchscript batch 3: logits differ" not in table
+    table = cli("eval", "-m", "densenet-tiny", "--image-size", SIZE, "--data", "synthetic",
+                "--limit", "6", "-b", "3", "-v", "torchscript,perturbed",
+                "--device", "cpu").stdout
+    assert "perturbed: logits beyond the fp32 threshold (0.0001 of" in table
+    assert "torchscript: logits beyond" not in table
 
 
 def test_unreadable_images_are_counted_or_strict(cli, workdir):

@@ -9,9 +9,9 @@ import torch
 
 from densebench.artifacts import ArtifactCache, ExportSpec
 from densebench.errors import ConfigError, CorruptArtifactError
-from densebench.exporters import export_artifact, fixed_input, load_artifact
+from densebench.exporters import export_artifact, load_artifact
 from densebench.models import load_model
-from densebench.prepare import kept_reference
+from densebench.parity import fixed_input, kept_reference
 
 from .conftest import TINY_SIZE, run_cli_process
 

@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 
 from densebench.artifacts import ArtifactCache, ExportSpec
-from densebench.exporters import PARITY_THRESHOLDS, export_artifact, parity_within
+from densebench.exporters import export_artifact
+from densebench.parity import THRESHOLDS as PARITY_THRESHOLDS
+from densebench.parity import within as parity_within
 
 from .conftest import TINY_SIZE
 

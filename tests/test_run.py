@@ -344,9 +344,8 @@ def test_eager_reference_is_computed_once_and_kept(workdir):
     others; a damaged or wrong-shaped file is computed again and replaced."""
     import torch
 
-    from densebench.exporters import fixed_input
     from densebench.models import load_model
-    from densebench.prepare import kept_reference
+    from densebench.parity import fixed_input, kept_reference
 
     loaded = load_model("densenet-tiny", "random", None)
     x = fixed_input(2, TINY_SIZE)

@@ -6,6 +6,7 @@ from typing import Annotated
 
 import typer
 
+from densebench import parity
 from densebench.cli.common import err, out, print_json
 
 
@@ -76,6 +77,10 @@ def eval_cmd(
                   f"{par.get('max_abs_error', 0):.2g}",
                   f"{par.get('cosine_similarity_min', 0):.5f}", "ok")
     out.print(t)
+    for c in rec.cells:
+        if parity.within(c.precision, c.parity) is False:
+            out.print(f"[red]{c.variant}: logits beyond the {c.precision or 'fp32'} threshold "
+                      f"({parity.threshold(c.precision):g} of the largest logit)[/red]")
     if info["unreadable"]:
         err.print(f"[yellow]{info['unreadable']} unreadable image(s) skipped, e.g. "
                   f"{', '.join(info['unreadable_examples'][:3])} (--strict makes this an "

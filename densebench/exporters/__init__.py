@@ -16,8 +16,8 @@ import torch
 from densebench.artifacts import Artifact, ArtifactCache, ExportSpec, Progress, key_fields
 from densebench.errors import ExportError
 from densebench.models import LoadedModel, check_image_size, load_model
-
-PARITY_SEED = 1234
+from densebench.parity import SEED as PARITY_SEED
+from densebench.parity import fixed_input, parity_stats
 
 
 def exporter(fmt: str):
@@ -28,41 +28,6 @@ def batch_axis(spec: ExportSpec) -> tuple | None:
     """torch.export's dynamic_shapes for a dynamic batch (None: a fixed batch), given by
     position: a model's forward may call its input anything (nn.Sequential's: input)."""
     return ({0: torch.export.Dim("batch", min=1, max=4096)},) if spec.dynamic else None
-
-
-def fixed_input(batch: int, image_size: int, seed: int = PARITY_SEED) -> torch.Tensor:
-    """The fixed input every parity check uses: standard normal, like normalised images."""
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(batch, 3, image_size, image_size, generator=g)
-
-
-# How far a precision's logits may be from eager fp32 on the parity input, relative to the
-# largest reference logit: fp32 runtimes reorder sums (1e-4); fp16 and bf16 keep 11 and 8
-# bits of mantissa; int8 quantizes activations and weights to 256 levels (10%). Beyond
-# it, a result is flagged in the table, not hidden.
-PARITY_THRESHOLDS = {"fp32": 1e-4, "fp16": 1e-2, "bf16": 5e-2, "int8": 1e-1}
-
-
-def parity_within(precision: str | None, parity: dict | None) -> bool | None:
-    """Whether ``parity`` is within ``precision``'s threshold (None: nothing to judge)."""
-    if not parity or parity.get("max_abs_error") is None:
-        return None
-    limit = PARITY_THRESHOLDS.get(precision or "fp32", PARITY_THRESHOLDS["fp32"])
-    scale = max(parity.get("max_abs_reference") or 0.0, 1e-12)
-    return parity["max_abs_error"] / scale <= limit
-
-
-def parity_stats(out: torch.Tensor, ref: torch.Tensor) -> dict:
-    out, ref = out.detach().float().cpu(), ref.detach().float().cpu()
-    err = (out - ref).abs()
-    cos = torch.nn.functional.cosine_similarity(out.flatten(1), ref.flatten(1), dim=1)
-    return {
-        "max_abs_error": float(err.max()),
-        "mean_abs_error": float(err.mean()),
-        "max_abs_reference": float(ref.abs().max()),
-        "cosine_similarity_min": float(cos.min()),
-        "top1_agreement": float((out.argmax(1) == ref.argmax(1)).float().mean()),
-    }
 
 
 def resolve(spec: ExportSpec) -> tuple[LoadedModel, int, dict]:

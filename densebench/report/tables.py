@@ -7,6 +7,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
+from densebench import parity
 from densebench.measure.stats import min_samples
 
 
@@ -16,7 +17,6 @@ def summary_rows(run) -> list[dict]:
     def group(c):
         return (c.scenario, c.batch_size, c.mode, host_key(c.host), *sorted(c.axes.items()))
 
-    from densebench.exporters import parity_within
     from densebench.results.repeats import merged
     from densebench.results.schema import host_key
 
@@ -43,7 +43,7 @@ def summary_rows(run) -> list[dict]:
             else None,
             "parity_max_abs_error": par.get("max_abs_error"),
             "parity_top1_agreement": par.get("top1_agreement"),
-            "parity_within": parity_within(c.precision, par),
+            "parity_within": parity.within(c.precision, par),
             "parity_cosine_min": par.get("cosine_similarity_min"),
             "accuracy": c.accuracy,
             "loadgen": c.loadgen, "search": c.search,
@@ -142,11 +142,9 @@ def summary_table(run) -> Group:
             if r["cov"] is not None else "-", str(r["n"] or "-"),
         )
         if r["parity_within"] is False:
-            from densebench.exporters import PARITY_THRESHOLDS
-
             notes.append(Text(
                 f"{r['variant']} batch {r['batch_size']}: logits differ from fp32 by more than "
-                f"the {r['precision']} threshold ({PARITY_THRESHOLDS.get(r['precision'])} of "
+                f"the {r['precision']} threshold ({parity.threshold(r['precision']):g} of "
                 "the largest logit)", style="red"))
         if agree is not None and agree < 1:
             notes.append(Text(f"{r['variant']} batch {r['batch_size']}: top-1 agrees with "
@@ -167,8 +165,9 @@ def summary_table(run) -> Group:
                  + f". p90/p99 'n/s': not supported by the sample (p90 needs "
                  f"{min_samples(90)} iterations, p99 {min_samples(99)}). CoV in yellow: "
                  "noisy (> 10%). max|err|: logits against eager fp32 on the CPU, same inputs "
-                 "(red: top-1 disagrees, or beyond its precision's threshold: fp32 1e-4, "
-                 "fp16 1e-2, bf16 5e-2, int8 0.1 of the largest logit).", style="dim")
+                 "(red: top-1 disagrees, or beyond its precision's threshold: "
+                 + ", ".join(f"{p} {t:g}" for p, t in parity.THRESHOLDS.items())
+                 + " of the largest logit).", style="dim")
             ] if closed else []
     if m.get("random_weights"):
         foot.append(Text(f"Weights: {m.get('weights_description')} - latency is real, "

@@ -46,9 +46,9 @@ class ClosedLoop(Scenario):
         import torch
 
         from densebench.environment import HostLoad, process_cpu_seconds
-        from densebench.exporters import fixed_input, parity_stats
         from densebench.measure.engine import StopRule, Warmup, time_calls, warm_up
         from densebench.measure.stats import summarize
+        from densebench.parity import fixed_input, parity_stats
 
         session, device, label = prepared.session, prepared.device, prepared.variant.label
         warmup = Warmup.parse(settings["warmup"])

@@ -66,7 +66,7 @@ class SampleLibrary:
     def build(cls, prepared, samples: int, data: str | None) -> SampleLibrary:
         import torch
 
-        from densebench.exporters import fixed_input
+        from densebench.parity import fixed_input
 
         labels = None
         if data in (None, "synthetic"):
@@ -428,7 +428,7 @@ def _accuracy(outputs: dict, library: SampleLibrary):
     """Parity of the responses with the fp32 reference (and top-1 where labels exist)."""
     import torch
 
-    from densebench.eval import ParityAccumulator
+    from densebench.parity import ParityAccumulator
 
     if not outputs:
         return None, None

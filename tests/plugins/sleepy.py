@@ -18,9 +18,9 @@ import torch
 from torch import nn
 
 from densebench.backends import Backend, Session, register_backend
-from densebench.exporters import fixed_input
 from densebench.measure.stats import summarize
 from densebench.models import register_model
+from densebench.parity import fixed_input
 from densebench.results.schema import Cell
 from densebench.scenarios import Scenario, register_scenario
 from densebench.variants import Variant, register_variant
@@ -128,6 +128,51 @@ register_variant(Variant("sleep-fast", "sleep", "test: sleeps 0.02 ms per batch"
 register_variant(Variant("sleep-bf16", "sleep", "test: sleeps 2 ms, where $SLEEPY_FLAGS has bf16",
                          precision="bf16",
                          options={"base_ms": 2.0, "per_image_ms": 0.0, "needs": "bf16"}))
+
+
+@dataclass
+class PerturbedSession(Session):
+    """The model itself, eager fp32, with each logit moved by ``relative`` times the
+    largest one: a runtime whose answers are off by a known amount."""
+
+    module: nn.Module | None = None
+    relative: float = 0.0
+
+    def to_device(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            out = self.module(x).float()
+        g = torch.Generator().manual_seed(7)
+        sign = torch.randint(0, 2, out.shape, generator=g).float() * 2 - 1
+        return out + sign * self.relative * out.abs().max()
+
+    def to_host(self, out: torch.Tensor) -> torch.Tensor:
+        return out
+
+
+@register_backend
+class PerturbBackend(Backend):
+    NAME = "perturb"
+    DESCRIPTION = "test runtime: eager fp32 with every logit moved by a known amount"
+
+    def prepare(self, variant, loaded, device, *, artifact=None, threads=None,
+                profile_dir=None):
+        return PerturbedSession(label=variant.label, device=device,
+                                options=dict(variant.options), module=loaded.module.eval(),
+                                relative=variant.options["relative"])
+
+    def supported(self, variant, device: str) -> str | None:
+        return None if device == "cpu" else f"{variant.name} runs on the CPU only"
+
+    def versions(self) -> dict[str, str | None]:
+        return {}
+
+
+register_variant(Variant("perturbed", "perturb",
+                         "test: eager fp32, logits moved by 1e-3 of the largest (beyond fp32's "
+                         "1e-4)", options={"relative": 1e-3}))
 
 
 @register_scenario
