@@ -31,6 +31,7 @@ AXES = {"models": "model", "variants": "variant", "batch_sizes": "batch_size",
 SCALARS = ("weights", "num_classes", "name")
 TABLES = ("measure", "loadgen", "targets", "exclude", "include")
 MEASURE = ("warmup", "min_time", "min_iters", "iters", "max_time", "timeout", "repeats")
+DURATIONS = ("min_time", "max_time", "timeout")  # [measure] keys that take a duration
 # [loadgen] key -> (RunConfig field, takes a duration with its unit)
 LOADGEN = {"target_qps": ("target_qps", False), "latency_budget": ("latency_budget_ms", True),
            "percentile": ("percentile", False), "duration": ("duration", True),
@@ -316,7 +317,7 @@ def load_sweep(path: str | Path) -> Sweep:
 
 
 def parse_sweep(spec: dict, where: str = "sweep") -> Sweep:
-    from densebench.durations import duration_ms
+    from densebench.durations import duration_ms, seconds
 
     unknown = [k for k in spec if k not in AXES and k not in SCALARS and k not in TABLES]
     if unknown:
@@ -333,13 +334,18 @@ def parse_sweep(spec: dict, where: str = "sweep") -> Sweep:
             else values
         if len(set(map(str, axes[axis]))) != len(axes[axis]):
             raise SweepError(f"{where}: {axis} names a value more than once")
-    measure = _table(spec, "measure", where)
+    measure = dict(_table(spec, "measure", where))  # the spec itself stays as written
     for k, v in measure.items():
         if k not in MEASURE:
             raise SweepError(f"{where}: [measure] has unknown key {k!r}: choose from "
                              f"{', '.join(MEASURE)}")
-        if k != "warmup" and not (isinstance(v, (int, float)) and not isinstance(v, bool)
-                                  and math.isfinite(v) and v > 0):
+        if k in DURATIONS:  # seconds, or a duration with its unit ("500ms")
+            try:
+                measure[k] = seconds(v, k)
+            except ConfigError as e:
+                raise SweepError(f"{where}: [measure] {e}") from None
+        elif k != "warmup" and not (isinstance(v, (int, float)) and not isinstance(v, bool)
+                                    and math.isfinite(v) and v > 0):
             raise SweepError(f"{where}: [measure] {k} must be a positive number, got {v!r}")
     loadgen = {}
     for k, v in _table(spec, "loadgen", where).items():

@@ -4,6 +4,7 @@ each, on densenet-tiny and on the test runtime whose service time is known."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -15,6 +16,8 @@ from densebench.results.store import RunStore, load_run
 from densebench.run import RunConfig, run_benchmark
 
 from .conftest import TINY_SIZE
+
+CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 TINY = ["-m", "densenet-tiny", "--image-size", TINY_SIZE, "-v", "onnxruntime", "--samples",
         "32", "--duration", "1s", "--no-isolate"]
@@ -190,15 +193,16 @@ def test_accuracy_mode_checks_every_response(cli, workdir):
     (["--scenario", "server"], "--target-qps is required by the server scenario"),
     (["--scenario", "server", "--target-qps", "0"], "--target-qps must be positive"),
     (["--scenario", "server", "--target-qps", "-5"], "--target-qps must be positive"),
-    (["--scenario", "server", "--target-qps", "5", "--latency-budget", "50"],
-     "--latency-budget '50' needs a number and a unit"),
+    (["--scenario", "server", "--target-qps", "5", "--latency-budget", "50 parsecs"],
+     "--latency-budget '50 parsecs' is not a duration"),
     (["--scenario", "server", "--target-qps", "5", "--percentile", "100"],
      "--percentile must be between 0 and 100"),
     (["--scenario", "server", "--target-qps", "5", "--percentile", "0"],
      "--percentile must be between 0 and 100"),
     (["--scenario", "offline", "--max-batch", "0"], "--max-batch must be positive"),
-    (["--scenario", "offline", "--instances", "2", "--threads", "2"],
-     "instances x threads (2 x 2) is more than the 2 cores"),
+    # one instance more than there are cores, one thread each: refused on any machine
+    (["--scenario", "offline", "--instances", str(CORES + 1), "--threads", "1"],
+     f"instances x threads ({CORES + 1} x 1) is more than the {CORES} cores"),
     (["--target-qps", "5"], "--target-qps is a setting of the LoadGen scenarios"),
     (["--max-batch", "4"], "--max-batch is a setting of the LoadGen scenarios"),
     (["--scenario", "offline", "--target-qps", "5"], "is a setting of the server scenario"),
@@ -213,10 +217,10 @@ def test_bad_scenario_input(cli, workdir, args, needle):
 
 
 @pytest.mark.parametrize("args,needle", [
-    (["--latency-budget", "50"], "--latency-budget '50' needs a number and a unit"),
+    (["--latency-budget", "50kg"], "--latency-budget '50kg' is not a duration"),
     (["--latency-budget", "50ms", "--percentile", "101"], "--percentile must be between"),
     (["--latency-budget", "50ms", "--max-batch", "0"], "--max-batch must be at least 1"),
-    (["--latency-budget", "50ms", "--instances", "3"], "instances x threads"),
+    (["--latency-budget", "50ms", "--instances", str(CORES + 1)], "instances x threads"),
 ])
 def test_bad_search_input(cli, workdir, args, needle):
     r = cli("search", "-m", "pool-tiny", "-v", "sleep", *args)

@@ -90,3 +90,42 @@ def test_time_calls_counts_and_times_real_work():
     samples = time_calls(work, 1, timer="host", device="cpu", stop=StopRule(iters=7))
     assert len(samples) == 7 == len(calls)
     assert all(s > 0 for s in samples)
+
+
+def test_durations_read_the_same_way_everywhere(cli, workdir):
+    """A bare number is seconds, or a number with its unit: in every command's options
+    and in sweep files."""
+    from densebench.durations import duration_ms, seconds
+    from densebench.errors import ConfigError
+    from densebench.sweep import parse_sweep
+
+    assert seconds(3, "x") == 3.0 and seconds("3", "x") == 3.0
+    assert seconds("500ms", "x") == 0.5 and seconds("2m", "x") == 120.0
+    assert duration_ms("0.1s", "x") == pytest.approx(100.0) and duration_ms("250us", "x") == 0.25
+    for bad in ("fast", "3 parsecs", "-1", True):
+        with pytest.raises(ConfigError, match="x"):
+            seconds(bad, "x")
+    with pytest.raises(ConfigError, match="positive"):
+        seconds(0, "x")
+    sw = parse_sweep({"models": ["pool-tiny"], "variants": ["sleep"],
+                      "measure": {"min_time": "200ms", "max_time": 2, "timeout": "1m"}})
+    assert (sw.measure["min_time"], sw.measure["max_time"], sw.measure["timeout"]) == (
+        0.2, 2.0, 60.0)
+    r = cli("sweep", "--dry-run", _write_sweep(workdir, 'min_time = "soon"'))
+    assert r.exit_code == 2 and "[measure] min_time 'soon' is not a duration" in r.stderr
+    # the same option takes either form in run and search
+    for form in ("0.05", "50ms"):
+        r = cli("run", "-m", "pool-tiny", "-v", "sleep", "-b", "1", "--mode", "model",
+                "--device", "cpu", "--no-isolate", "--repeats", "1", "--warmup", "0",
+                "--min-iters", "1", "--min-time", form, "--max-time", form, "--json")
+        assert r.exit_code == 0, r.stderr
+    for form in ("120", "2m"):  # refused before anything runs: for the percentile only
+        r = cli("search", "-m", "pool-tiny", "-v", "sleep", "--device", "cpu",
+                "--latency-budget", "0.05", "--max-time", form, "--percentile", "101")
+        assert r.exit_code == 2 and "--percentile" in r.stderr, r.stderr
+
+
+def _write_sweep(workdir, measure_line: str):
+    p = workdir / "sweep.toml"
+    p.write_text(f'models = ["pool-tiny"]\nvariants = ["sleep"]\n[measure]\n{measure_line}\n')
+    return p

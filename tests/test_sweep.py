@@ -154,7 +154,7 @@ def test_the_pareto_front_keeps_what_nothing_beats():
     ('models = ["pool-tiny"]\nvariants = ["sleep"]\n[[exclude]]\nvariant = "sleep"',
      "the grid is empty after the [[exclude]] tables"),
     ('[[exclude]]\nbatch = 1', "[[exclude]] has unknown key 'batch'"),
-    ('[measure]\nmin_time = -1', "[measure] min_time must be a positive number"),
+    ('[measure]\nmin_time = -1', "[measure] min_time -1 must be a positive duration"),
     ('[targets]\nplacement = "everywhere"', "placement must be one of each, any"),
     ('models = ["pool-tiny"]\nvariants = ["sleep"]\ndevices = ["cuda"]',
      "need a GPU and this machine has none"),

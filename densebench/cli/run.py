@@ -38,11 +38,11 @@ def run(
     compile_mode: Annotated[list[str] | None, typer.Option("--compile-mode", help="torch.compile modes: default,reduce-overhead,max-autotune.")] = None,
     warmup: Annotated[str, typer.Option(help="Warm-up per cell: a count (3) or seconds (2s).")] = "3",
     min_iters: Annotated[int, typer.Option(help="Stop rule: at least this many timed iterations...")] = 10,
-    min_time: Annotated[float, typer.Option(help="...and at least this many seconds.")] = 3.0,
+    min_time: Annotated[str, typer.Option(help="...and at least this long: seconds (3) or with a unit (500ms).")] = "3",
     iters: Annotated[int | None, typer.Option(help="Exactly N timed iterations (overrides the stop rule).")] = None,
-    max_time: Annotated[float | None, typer.Option(help="Cap on one cell's timed seconds.")] = None,
+    max_time: Annotated[str | None, typer.Option(help="Cap on one cell's timed duration: seconds or with a unit (2m).")] = None,
     repeats: Annotated[int | None, typer.Option(help="Worker processes per cell, rounds interleaved across variants; intervals include the spread between them (default 3; LoadGen scenarios 1).")] = None,
-    timeout: Annotated[float, typer.Option(help="Seconds before a variant's worker is killed and recorded as failed.")] = 1800.0,
+    timeout: Annotated[str, typer.Option(help="How long before a variant's worker is killed and recorded as failed: seconds or with a unit (30m).")] = "1800",
     scenario: Annotated[str, typer.Option(help="closed-loop (fixed batches back to back), or LoadGen's single-stream | multi-stream | server | offline.")] = "closed-loop",
     max_batch: Annotated[list[str] | None, typer.Option("--max-batch", help="LoadGen: the dynamic batcher's largest batch (one cell each), e.g. 1,8.")] = None,
     batch_timeout: Annotated[str | None, typer.Option("--batch-timeout", help="LoadGen: how long the batcher waits to fill a batch (default 2ms).")] = None,
@@ -51,7 +51,7 @@ def run(
     samples: Annotated[int | None, typer.Option(help="LoadGen: preprocessed inputs in the sample library (default 256).")] = None,
     data: Annotated[str | None, typer.Option(help="LoadGen: synthetic | imagefolder:PATH (default synthetic).")] = None,
     target_qps: Annotated[float | None, typer.Option("--target-qps", help="server: queries per second offered (Poisson arrivals).")] = None,
-    latency_budget: Annotated[str | None, typer.Option("--latency-budget", help="server: the latency bound, with its unit (default 100ms).")] = None,
+    latency_budget: Annotated[str | None, typer.Option("--latency-budget", help="server: the latency bound: seconds, or with a unit (default 100ms).")] = None,
     percentile: Annotated[float | None, typer.Option(help="server: the percentile held under the budget (default 99).")] = None,
     samples_per_query: Annotated[int | None, typer.Option("--samples-per-query", help="multi-stream: samples per query (default 8).")] = None,
     expected_qps: Annotated[float | None, typer.Option("--expected-qps", help="offline: the QPS LoadGen sizes its one query for (default: measured).")] = None,
@@ -71,7 +71,7 @@ def run(
     Serving: densebench run --scenario server --target-qps 20 --latency-budget 50ms -v onnxruntime --max-batch 4
     """
     from densebench.cli.progress import Progress
-    from densebench.durations import duration_ms
+    from densebench.durations import duration_ms, optional_seconds, seconds
     from densebench.report.tables import summary_rows, summary_table
     from densebench.run import RunConfig, run_benchmark
 
@@ -80,8 +80,9 @@ def run(
         calib=calib, variants=_csv(variant) or ["eager"], compile_modes=_csv(compile_mode) or ["default"],
         batch_sizes=_ints(batch_size, "--batch-size") or None,
         modes=_csv(mode) or None, device=device, threads=threads, warmup=warmup,
-        min_iters=min_iters, min_time=min_time, iters=iters, max_time=max_time,
-        timeout=timeout, scenario=scenario, name=name,
+        min_iters=min_iters, min_time=seconds(min_time, "min_time", allow_zero=True),
+        iters=iters, max_time=optional_seconds(max_time, "max_time"),
+        timeout=seconds(timeout, "timeout"), scenario=scenario, name=name,
         max_batch=_ints(max_batch, "--max-batch") or None,
         batch_timeout_ms=duration_ms(batch_timeout, "batch_timeout_ms", allow_zero=True)
         if batch_timeout is not None else None,
@@ -90,7 +91,7 @@ def run(
         latency_budget_ms=duration_ms(latency_budget, "latency_budget_ms")
         if latency_budget is not None else None,
         percentile=percentile, samples_per_query=samples_per_query, expected_qps=expected_qps,
-        duration=duration_ms(duration, "duration") / 1e3 if duration is not None else None,
+        duration=optional_seconds(duration, "duration"),
         min_queries=min_queries, official=official, accuracy=accuracy, repeats=repeats,
         executor=executor or ("subprocess" if isolate else "inline"),
     )

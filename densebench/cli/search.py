@@ -10,7 +10,7 @@ from densebench.cli.common import out, print_json
 
 
 def search(
-    latency_budget: Annotated[str, typer.Option("--latency-budget", help="The latency bound, with its unit: 50ms, 0.1s.")],
+    latency_budget: Annotated[str, typer.Option("--latency-budget", help="The latency bound: 50ms, 0.1s (a bare number is seconds).")],
     percentile: Annotated[float, typer.Option(help="The percentile held under the budget (0-100).")] = 99.0,
     variant: Annotated[list[str] | None, typer.Option("--variant", "-v", help="Variants (repeatable, comma lists allowed).")] = None,
     max_batch: Annotated[list[str] | None, typer.Option("--max-batch", help="The dynamic batcher's largest batch, e.g. 1,4,8,16.")] = None,
@@ -41,7 +41,7 @@ def search(
     """
     from densebench.cli.progress import Progress
     from densebench.cli.run import _csv, _ints
-    from densebench.durations import duration_ms
+    from densebench.durations import duration_ms, optional_seconds, seconds
     from densebench.report.tables import search_table
     from densebench.search import SearchConfig, run_search
 
@@ -54,9 +54,9 @@ def search(
         oversubscribe=oversubscribe,
         batch_timeout_ms=duration_ms(batch_timeout, "batch_timeout_ms", allow_zero=True),
         samples=samples, data=data, precision=precision,
-        probe_duration=duration_ms(probe_duration, "probe_duration") / 1e3,
+        probe_duration=seconds(probe_duration, "probe_duration"),
         min_queries=min_queries, start_qps=start_qps,
-        max_time=duration_ms(max_time, "max_time") / 1e3 if max_time else None,
+        max_time=optional_seconds(max_time, "max_time"),
         executor="subprocess" if isolate else "inline", name=name,
     )
     with Progress("search") as progress:
