@@ -26,6 +26,7 @@ from pathlib import Path
 
 from densebench.checksums import sha256_file, sha256_json
 from densebench.errors import ArtifactError, ConfigError, CorruptArtifactError
+from densebench.processes import pid_alive
 
 MANIFEST = "manifest.json"
 MANIFEST_SCHEMA = 1
@@ -420,7 +421,7 @@ class ArtifactCache:
             parts = p.name.split("-")
             if p.name.startswith("old-"):
                 shutil.rmtree(p, ignore_errors=True)
-            elif len(parts) == 3 and parts[1].isdigit() and not _pid_alive(int(parts[1])):
+            elif len(parts) == 3 and parts[1].isdigit() and not pid_alive(int(parts[1])):
                 shutil.rmtree(p, ignore_errors=True)
 
     def remove(self, art: Artifact) -> None:
@@ -436,16 +437,6 @@ class ArtifactCache:
         for f in kept:
             f.unlink(missing_ok=True)
         return len(kept)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def artifact_row(a: Artifact) -> dict:

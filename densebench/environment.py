@@ -11,6 +11,8 @@ import subprocess
 from importlib import metadata
 from pathlib import Path
 
+from densebench.processes import usable_cores
+
 CPU_FLAGS_OF_INTEREST = (
     "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
     "avx512_vp2intersect",
@@ -112,9 +114,7 @@ def cpu_info() -> dict:
         "flags": sorted(f for f in CPU_FLAGS_OF_INTEREST if f in flags),
         "logical_cores": os.cpu_count(),
         "physical_cores": ps.cpu_count(logical=False) if ps else None,
-        "affinity_cores": (
-            len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
-        ),
+        "affinity_cores": usable_cores() if hasattr(os, "sched_getaffinity") else None,
         "max_mhz": round(freq.max, 0) if freq and freq.max else None,
         "memory_gb": round(mem / 2**30, 1),
     }

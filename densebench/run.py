@@ -25,6 +25,7 @@ from densebench.errors import (
 )
 from densebench.measure.engine import MODES, StopRule, Warmup
 from densebench.prepare import ModelRef
+from densebench.processes import this_process_start, usable_cores
 from densebench.results.schema import Cell
 
 Emit = Callable[[dict], None]
@@ -302,15 +303,13 @@ def export_ahead(cfg: RunConfig, variants: list, device: str, loaded, image_size
     exported here (``{}``) where nothing would overlap (fewer than two artifacts missing,
     one core) or the jobs run elsewhere (a cluster): each worker exports as it prepares.
     """
-    import os
 
     from densebench.artifacts import ArtifactCache, key_fields
     from densebench.checksums import sha256_json
     from densebench.executors import Job
     from densebench.prepare import artifact_spec
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else \
-        (os.cpu_count() or 1)
+    cores = usable_cores()
     if not executor.LOCAL or cores < 2:
         return {}
     cache, ref, missing = ArtifactCache(), cfg.model_ref(), {}
@@ -443,7 +442,7 @@ def run_benchmark(cfg: RunConfig, *, progress: Emit | None = None, store=None):
     if is_loadgen(cfg.scenario):
         settings["threads_per_instance"] = threads
     host = host_identity()
-    started = _process_start()
+    started = this_process_start()
     executor = get_executor(cfg.executor, log_dir=rec.path / "logs")
 
     def on_event(ev: dict) -> None:
@@ -501,13 +500,3 @@ def run_benchmark(cfg: RunConfig, *, progress: Emit | None = None, store=None):
     rec.finish("complete")
     emit({"event": "end", "run": rec.id})
     return rec
-
-
-def _process_start() -> float:
-    """When this process started (wall clock), so the timeline includes Python's imports."""
-    try:
-        import psutil
-
-        return psutil.Process().create_time()
-    except Exception:
-        return time.time()

@@ -207,7 +207,7 @@ def test_the_python_api(workdir):
     (["-b", "0"], "--batch-size must be positive integers"),
     (["--scenario", "warp"], "--scenario 'warp' is unknown: choose from closed-loop"),
     (["--executor", "cloud"], "--executor 'cloud' is unknown: choose from inline"),
-    (["--min-time", "nan"], "--min-time must be a finite number, got nan"),
+    (["--min-time", "nan"], "--min-time 'nan' is not a duration"),
 ])
 def test_core_errors_name_the_setting_and_the_cli_its_flag(cli, workdir, args, needle):
     r = cli("run", "-m", "pool-tiny", "-v", "sleep", *args)

@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 from densebench.errors import ConfigError, StoreError
+from densebench.processes import pid_alive, process_start
 from densebench.results import refs
 from densebench.results.schema import SCHEMA, SCHEMA_VERSION, Cell, latest, migrate
 
@@ -283,17 +284,8 @@ def _owner() -> dict:
     """The process writing a run: enough to tell later whether it still exists."""
     import platform
 
-    return {"pid": os.getpid(), "started": _process_start(os.getpid()),
+    return {"pid": os.getpid(), "started": process_start(os.getpid()),
             "hostname": platform.node()}
-
-
-def _process_start(pid: int) -> float | None:
-    try:
-        import psutil
-
-        return psutil.Process(pid).create_time()
-    except Exception:
-        return None
 
 
 def _owner_alive(owner: dict | None) -> bool:
@@ -303,13 +295,9 @@ def _owner_alive(owner: dict | None) -> bool:
     if not owner or owner.get("hostname") != platform.node():
         return True  # another machine's run (or an old one): cannot tell
     pid = owner.get("pid")
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+    if not pid_alive(pid):
         return False
-    except (PermissionError, TypeError, OverflowError):
-        return True
-    started = _process_start(pid)
+    started = process_start(pid)
     if started is not None and owner.get("started") is not None:
         return abs(started - owner["started"]) < 1.0  # the pid was not reused
     return True

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import queue
 import threading
 import time
@@ -31,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from densebench.errors import ConfigError, one_line
+from densebench.processes import usable_cores
 from densebench.results.schema import Cell
 from densebench.scenarios import Emit, Scenario, register_scenario
 
@@ -540,8 +540,7 @@ def default_min_queries(percentile: float) -> int:
 def check_cores(instances: int, threads: int | None, oversubscribe: bool) -> int:
     """Threads per instance (given, or the cores shared out among the instances); refuses
     instances x threads above the cores unless ``oversubscribe``."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else \
-        (os.cpu_count() or 1)
+    cores = usable_cores()
     per = threads or max(1, cores // instances)
     if instances * per > cores and not oversubscribe:
         raise ConfigError(f"instances x threads ({instances} x {per}) is more than the {cores} "
