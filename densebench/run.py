@@ -16,27 +16,40 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from densebench.artifacts import ExportSpec
+from densebench.backends import get_backend
+from densebench.calibration import Calibration
 from densebench.errors import (
+    ConfigError,
     bad_setting,
     check_threads,
     interrupted,
     one_line,
     threads_warning,
 )
+from densebench.executors import get_executor
 from densebench.measure.engine import MODES, StopRule, Warmup
 from densebench.prepare import ModelRef
 from densebench.processes import this_process_start, usable_cores
 from densebench.results.schema import Cell
+from densebench.scenarios import check_batch_sizes, get_scenario
+from densebench.variants import expand
 
 Emit = Callable[[dict], None]
 MEASURE_VARIANT = "densebench.run:measure_variant"
 EXPORT_VARIANT = "densebench.run:export_variant"
 MAX_EXPORT_LANES = 4  # exports side by side at most (each holds a model and its compiler)
-DEFAULT_REPEATS = 3  # worker processes per cell: enough for an interval across processes
 
 
-@dataclass
+@dataclass(init=False)
 class RunConfig:
+    """A run's configuration: the model, the cells every scenario shares (variants, batch
+    sizes, modes, device, threads), the closed-loop measurement, the repetition and the
+    executor, and ``settings``: the scenario's own, by name (its ``Settings`` dataclass
+    reads and checks them). A scenario's settings may also be given as keywords
+    (``RunConfig(scenario="server", target_qps=20)``), as the Python API always took them.
+    """
+
     model: str = "densenet121"
     weights: str = "random"
     num_classes: int | None = None
@@ -44,57 +57,50 @@ class RunConfig:
     calib: str | None = None  # int8 calibration data: synthetic | imagefolder:PATH
     variants: list[str] = field(default_factory=lambda: ["eager"])
     compile_modes: list[str] = field(default_factory=lambda: ["default"])
-    batch_sizes: list[int] | None = None  # closed-loop; None: [1]
-    modes: list[str] | None = None  # None: model and e2e (closed-loop), e2e (LoadGen)
+    batch_sizes: list[int] | None = None  # fixed batches; None: [1]
+    modes: list[str] | None = None  # None: the scenario's (model and e2e; LoadGen: e2e)
     device: str = "auto"
     threads: int | None = None  # intra-op threads (per instance in LoadGen scenarios)
     scenario: str = "closed-loop"
-    # closed-loop
+    settings: dict = field(default_factory=dict)  # the scenario's own settings, by name
+    # closed-loop measurement
     warmup: str = "3"
     min_iters: int = 10
     min_time: float = 3.0
     iters: int | None = None
     max_time: float | None = None
-    # LoadGen scenarios (scenarios/loadgen.py); None: the scenario's default
-    max_batch: list[int] | None = None  # the dynamic batcher's largest batch; None: [1]
-    batch_timeout_ms: float | None = None
-    instances: int | None = None
-    oversubscribe: bool = False
-    samples: int | None = None
-    data: str | None = None
-    target_qps: float | None = None  # server
-    latency_budget_ms: float | None = None  # server
-    percentile: float | None = None  # server
-    samples_per_query: int | None = None  # multi-stream
-    expected_qps: float | None = None  # offline
-    duration: float | None = None  # seconds, LoadGen's min duration
-    min_queries: int | None = None
-    official: bool = False
-    accuracy: bool = False
     # repetition: worker processes per cell, rounds interleaved across variants
-    repeats: int | None = None  # None: 3 for closed-loop, 1 for LoadGen (its own statistics)
+    repeats: int | None = None  # None: the scenario's default
     # where
     timeout: float = 1800.0
     executor: str = "subprocess"
     name: str | None = None
 
-    def __post_init__(self):
-        from densebench.executors import get_executor
-        from densebench.scenarios import get_scenario
+    def __init__(self, **kw):
+        own = {f.name: f for f in dataclasses.fields(RunConfig)}
+        settings = dict(kw.pop("settings", None) or {})
+        # a scenario's settings given as keywords; None and False are "not given"
+        settings.update({k: kw.pop(k) for k in list(kw) if k not in own
+                         and kw[k] is not None and kw[k] is not False})
+        for k in [k for k in kw if k not in own]:
+            del kw[k]
+        for name, f in own.items():
+            if name == "settings":
+                continue
+            if name in kw:
+                value = kw[name]
+            elif f.default_factory is not dataclasses.MISSING:
+                value = f.default_factory()
+            else:
+                value = f.default
+            setattr(self, name, value)
+        self.settings = settings
+        self.__post_init__()
 
+    def __post_init__(self):
         if not self.variants:
             raise bad_setting("variants", "is empty: name at least one variant (or all)")
-        if self.batch_sizes is not None and not self.batch_sizes:
-            raise bad_setting("batch_sizes", "is empty: give at least one, e.g. 1,16")
-        for setting, values in (("batch_sizes", self.batch_sizes or []),
-                                ("max_batch", self.max_batch or [])):
-            for b in values:
-                if not isinstance(b, int) or isinstance(b, bool) or b < 1:
-                    raise bad_setting(setting, f"must be positive integers, got {b}")
-            twice = sorted({b for b in values if values.count(b) > 1})
-            if twice:
-                raise bad_setting(setting, f"names {twice[0]} more than once: each batch size "
-                                  "is one cell")
+        check_batch_sizes("batch_sizes", self.batch_sizes)
         for m in self.modes or []:
             if m not in MODES:
                 raise bad_setting("modes", f"has unknown mode {m!r}: choose from "
@@ -111,22 +117,18 @@ class RunConfig:
         if self.max_time is not None and not math.isfinite(self.max_time):
             raise bad_setting("max_time", f"must be a finite number, got {self.max_time}")
         Warmup.parse(self.warmup)
+        self.stop_rule()
+        scenario = get_scenario(self.scenario)
+        self.scenario_settings = scenario.configure(self.settings)
+        get_executor(self.executor)
         if self.calib is not None:
             self._check_calibration()
-        self.stop_rule()
-        get_scenario(self.scenario)
-        get_executor(self.executor)
-        self._check_scenario_settings()
+        scenario.check(self)
 
     def _check_calibration(self) -> None:
         """A missing folder, or fewer images than a batch calibrates on, is refused before
         anything runs: PT2E calibrates at the cell's batch size, the artifacts in batches
         of ``ExportSpec.calib_batch_size``."""
-        from densebench.artifacts import ExportSpec
-        from densebench.backends import get_backend
-        from densebench.calibration import Calibration
-        from densebench.variants import expand
-
         calib = Calibration.parse(self.calib)
         chosen, _ = expand(self.variants, self.compile_modes, None)
         int8 = [v for v in chosen if v.precision == "int8"]
@@ -137,86 +139,27 @@ class RunConfig:
             need = max(need, *self.cell_batch_sizes())
         have = calib.count()
         if have < need:
-            from densebench.errors import ConfigError
-
             raise ConfigError(f"calib: the calibration set ({calib.label}) has {have} images, "
                               f"fewer than the batch of {need}: give more images",
                               setting="calib")
 
-    def _check_scenario_settings(self) -> None:
-        from densebench.scenarios.loadgen import check_cores, is_loadgen, require_loadgen
+    def to_dict(self) -> dict:
+        """Plain data (the job payload, the run file); ``RunConfig(**d)`` reads it back."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
-        loadgen_settings = {
-            "max_batch": self.max_batch, "batch_timeout_ms": self.batch_timeout_ms,
-            "instances": self.instances, "oversubscribe": self.oversubscribe or None,
-            "samples": self.samples, "data": self.data, "target_qps": self.target_qps,
-            "latency_budget_ms": self.latency_budget_ms, "percentile": self.percentile,
-            "samples_per_query": self.samples_per_query, "expected_qps": self.expected_qps,
-            "duration": self.duration, "min_queries": self.min_queries,
-            "official": self.official or None, "accuracy": self.accuracy or None}
-        if not is_loadgen(self.scenario):
-            given = [k for k, v in loadgen_settings.items() if v is not None]
-            if given:
-                raise bad_setting(given[0], "is a setting of the LoadGen scenarios "
-                                  "(single-stream, multi-stream, server, offline), not of "
-                                  f"{self.scenario}")
-            return
-        if self.batch_sizes is not None:
-            raise bad_setting("batch_sizes", f"is a closed-loop setting: the {self.scenario} "
-                              "scenario batches dynamically; give max_batch")
-        if self.modes not in (None, ["e2e"]):
-            raise bad_setting("modes", "must be e2e for the LoadGen scenarios: they answer "
-                              "LoadGen with host logits from host inputs")
-        only = {"target_qps": "server", "latency_budget_ms": "server",
-                "percentile": "server", "samples_per_query": "multi-stream",
-                "expected_qps": "offline"}
-        for setting, scenario in only.items():
-            if loadgen_settings[setting] is not None and self.scenario != scenario:
-                raise bad_setting(setting, f"is a setting of the {scenario} scenario, not of "
-                                  f"{self.scenario}")
-        if self.scenario == "server" and self.target_qps is None:
-            raise bad_setting("target_qps", "is required by the server scenario (queries per "
-                              "second to offer), e.g. 20")
-        positive = {"target_qps": self.target_qps, "latency_budget_ms": self.latency_budget_ms,
-                    "duration": self.duration, "expected_qps": self.expected_qps}
-        for setting, v in positive.items():
-            if v is not None and not (v > 0 and math.isfinite(v)):
-                raise bad_setting(setting, f"must be positive, got {v}")
-        if self.percentile is not None and not 0 < self.percentile < 100:
-            raise bad_setting("percentile", f"must be between 0 and 100 (exclusive), got "
-                              f"{self.percentile}")
-        for setting, v in (("instances", self.instances), ("samples", self.samples),
-                           ("samples_per_query", self.samples_per_query),
-                           ("min_queries", self.min_queries)):
-            if v is not None and v < 1:
-                raise bad_setting(setting, f"must be at least 1, got {v}")
-        if self.batch_timeout_ms is not None and not self.batch_timeout_ms >= 0:
-            raise bad_setting("batch_timeout_ms", f"must not be negative, got "
-                              f"{self.batch_timeout_ms}")
-        require_loadgen(self.scenario)
-        check_cores(self.instances or 1, self.threads, self.oversubscribe)
+    @property
+    def scenario_object(self):
+        return get_scenario(self.scenario)
 
     def cell_batch_sizes(self) -> list[int]:
-        """Batch sizes of the cells: closed-loop's batches, or the batcher's max batch."""
-        from densebench.scenarios.loadgen import is_loadgen
-
-        if is_loadgen(self.scenario):
-            return self.max_batch or [1]
-        return self.batch_sizes or [1]
+        """Batch sizes of the cells: fixed batches, or the batcher's max batch."""
+        return self.scenario_object.batch_sizes(self)
 
     def effective_repeats(self) -> int:
-        from densebench.scenarios.loadgen import is_loadgen
-
-        if self.repeats is not None:
-            return self.repeats
-        return 1 if is_loadgen(self.scenario) else DEFAULT_REPEATS
+        return self.scenario_object.repeats(self)
 
     def cell_modes(self) -> list[str]:
-        from densebench.scenarios.loadgen import is_loadgen
-
-        if is_loadgen(self.scenario):
-            return ["e2e"]
-        return self.modes or list(MODES)
+        return self.scenario_object.modes(self)
 
     def stop_rule(self) -> StopRule:
         return StopRule(self.min_iters, self.min_time, self.iters, self.max_time)
@@ -326,7 +269,7 @@ def export_ahead(cfg: RunConfig, variants: list, device: str, loaded, image_size
     if len(missing) < 2:
         return {}
     lanes = min(len(missing), cores, MAX_EXPORT_LANES)
-    config = asdict(cfg)
+    config = cfg.to_dict()
     # the compiles first (the longest export starts at once, the others fill the other
     # lanes), then fp32 before what is quantized from it (an int8 export waits for its fp32
     # base: started together they would hold two lanes for the work of one)
@@ -389,16 +332,12 @@ def run_benchmark(cfg: RunConfig, *, progress: Emit | None = None, store=None):
     from densebench.models import check_image_size, load_model, model_stats
     from densebench.results.store import RunStore
     from densebench.scenarios import get_scenario
-    from densebench.scenarios.loadgen import check_cores, is_loadgen
     from densebench.variants import expand, left_out
 
     emit = progress or (lambda ev: None)
     device = resolve_device(cfg.device)
     variants, skipped = expand(cfg.variants, cfg.compile_modes, device)
-    if is_loadgen(cfg.scenario):  # threads per serving instance
-        threads = check_cores(cfg.instances or 1, cfg.threads, cfg.oversubscribe)
-    else:
-        threads = cfg.threads or torch.get_num_threads()
+    threads = get_scenario(cfg.scenario).threads(cfg) or torch.get_num_threads()
     loaded = load_model(cfg.model, cfg.weights, cfg.num_classes)
     image_size = cfg.image_size or loaded.default_image_size
     check_image_size(cfg.model, image_size, cfg.num_classes)
@@ -437,10 +376,8 @@ def run_benchmark(cfg: RunConfig, *, progress: Emit | None = None, store=None):
     emit({"event": "start", "run": rec.id, "path": str(rec.path), "variants": rec.data["plan"],
           "cells": len(variants) * len(cfg.cell_batch_sizes()) * len(cfg.cell_modes())
           * repeats, "skipped": skipped, "repeats": repeats})
-    config = asdict(cfg)
-    settings = get_scenario(cfg.scenario).settings(cfg)
-    if is_loadgen(cfg.scenario):
-        settings["threads_per_instance"] = threads
+    config = cfg.to_dict()
+    settings = get_scenario(cfg.scenario).record(cfg, threads)
     host = host_identity()
     started = this_process_start()
     executor = get_executor(cfg.executor, log_dir=rec.path / "logs")

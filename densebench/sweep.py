@@ -15,6 +15,7 @@ subprocess executor here; ``ray``: a cluster) and stores every cell as it comes 
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import sys
@@ -22,14 +23,16 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from densebench.durations import duration_ms, seconds
 from densebench.errors import ConfigError
+from densebench.scenarios import get_scenario, unknown_setting
 
 # file key -> the cell's field it sets
 AXES = {"models": "model", "variants": "variant", "batch_sizes": "batch_size",
         "image_sizes": "image_size", "threads": "threads", "modes": "mode",
         "compile_modes": "compile_mode", "scenarios": "scenario", "devices": "device"}
 SCALARS = ("weights", "num_classes", "name")
-TABLES = ("measure", "loadgen", "targets", "exclude", "include")
+TABLES = ("measure", "loadgen", "settings", "targets", "exclude", "include")
 MEASURE = ("warmup", "min_time", "min_iters", "iters", "max_time", "timeout", "repeats")
 DURATIONS = ("min_time", "max_time", "timeout")  # [measure] keys that take a duration
 # [loadgen] key -> (RunConfig field, takes a duration with its unit)
@@ -81,7 +84,8 @@ class Sweep:
     num_classes: int | None = None
     name: str | None = None
     measure: dict = field(default_factory=dict)
-    loadgen: dict = field(default_factory=dict)  # RunConfig field -> value
+    loadgen: dict = field(default_factory=dict)  # [loadgen]: LoadGen setting -> value
+    settings: dict = field(default_factory=dict)  # [settings]: any scenario's, by name
     targets: dict = field(default_factory=dict)
     exclude: list[dict] = field(default_factory=list)
     include: list[dict] = field(default_factory=list)
@@ -114,13 +118,13 @@ class Sweep:
         return unique
 
     def _cell(self, d: dict) -> SweepCell:
-        from densebench.scenarios.loadgen import is_loadgen
         from densebench.variants import get_variant
 
         v = get_variant(d["variant"])
         label = v.with_mode(d["compile_mode"]).label if v.modes and ":" not in d["variant"] \
             else v.label
-        mode = "e2e" if is_loadgen(d["scenario"]) else d["mode"]  # LoadGen answers e2e
+        modes = get_scenario(d["scenario"]).MODES  # LoadGen answers e2e only
+        mode = modes[0] if modes is not None and d["mode"] not in modes else d["mode"]
         return SweepCell(d["model"], label, d["batch_size"], d["image_size"], d["threads"],
                          mode, d["scenario"], d["device"])
 
@@ -132,25 +136,30 @@ class Sweep:
     def config(self, group: list[SweepCell]):
         """The RunConfig a group of cells is measured with (checked as `run` checks it)."""
         from densebench.run import RunConfig
-        from densebench.scenarios.loadgen import is_loadgen
 
         c = group[0]
         batches = sorted({g.batch_size for g in group})
-        loadgen = is_loadgen(c.scenario)
+        scenario = get_scenario(c.scenario)
+        dynamic = scenario.BATCH_AXIS != "batch_sizes"  # the batcher's largest batch
+        # the file's scenario settings that this scenario has; a sweep's cells have their
+        # threads each, never refused for the cores they add up to
+        own = {f.name for f in dataclasses.fields(scenario.Settings)}
+        settings = {k: v for k, v in {"oversubscribe": True, **self.loadgen,
+                                      **self.settings}.items() if k in own}
+        if dynamic:
+            settings[scenario.BATCH_AXIS] = batches
         m = self.measure
         try:
             return RunConfig(
                 model=c.model, weights=self.weights, num_classes=self.num_classes,
                 image_size=c.image_size, variants=[c.variant], device=c.device,
-                threads=c.threads, scenario=c.scenario,
-                batch_sizes=None if loadgen else batches,
-                max_batch=batches if loadgen else None,
-                modes=None if loadgen else sorted({g.mode for g in group}),
+                threads=c.threads, scenario=c.scenario, settings=settings,
+                batch_sizes=None if dynamic else batches,
+                modes=None if scenario.MODES is not None else sorted({g.mode for g in group}),
                 warmup=str(m.get("warmup", "3")), min_iters=int(m.get("min_iters", 10)),
                 min_time=float(m.get("min_time", 3.0)), iters=m.get("iters"),
                 max_time=m.get("max_time"), timeout=float(m.get("timeout", 1800.0)),
-                repeats=self.repeats(), oversubscribe=loadgen,
-                **(self.loadgen if loadgen else {}))
+                repeats=self.repeats())
         except ConfigError as e:
             raise SweepError(f"{self.path}: {e}", setting=e.setting) from None
 
@@ -174,9 +183,7 @@ class Sweep:
             cfg = self.config(group)
             c = group[0]
             v = get_variant(c.variant)
-            settings = get_scenario(c.scenario).settings(cfg)
-            if "threads_per_instance" in settings:
-                settings["threads_per_instance"] = c.threads
+            settings = get_scenario(c.scenario).record(cfg, c.threads)
             labels = self.labels_for(c)
             planned.append((group, cfg, v, settings, labels))
         jobs = []
@@ -236,7 +243,6 @@ class Sweep:
         from densebench.backends import get_backend
         from densebench.measure.engine import Warmup
         from densebench.models import model_stats
-        from densebench.scenarios.loadgen import is_loadgen
         from densebench.variants import get_variant
 
         m = self.measure
@@ -256,7 +262,7 @@ class Sweep:
             start = 8.0 + (60.0 if get_backend(v.backend).FIRST_CALL == "compile" else 0.0) \
                 + (20.0 if v.artifact else 0.0)
             for g in group:
-                if is_loadgen(c.scenario):
+                if get_scenario(c.scenario).BATCH_AXIS != "batch_sizes":  # LoadGen's
                     total += float(self.loadgen.get("duration") or 10.0) + 5.0
                     continue
                 it = gmacs[key] * g.batch_size / CPU_GMACS_PER_S
@@ -317,8 +323,6 @@ def load_sweep(path: str | Path) -> Sweep:
 
 
 def parse_sweep(spec: dict, where: str = "sweep") -> Sweep:
-    from densebench.durations import duration_ms, seconds
-
     unknown = [k for k in spec if k not in AXES and k not in SCALARS and k not in TABLES]
     if unknown:
         raise SweepError(f"{where}: unknown key {unknown[0]!r}: the axes are "
@@ -357,6 +361,12 @@ def parse_sweep(spec: dict, where: str = "sweep") -> Sweep:
             ms = duration_ms(str(v), fld, allow_zero=(k == "batch_timeout"))
             v = ms / 1e3 if k == "duration" else ms
         loadgen[fld] = v
+    settings = dict(_table(spec, "settings", where))
+    for k in settings:  # a setting of at least one of the sweep's scenarios
+        owners = [s for s in axes["scenarios"] if k in
+                  {f.name for f in dataclasses.fields(get_scenario(s).Settings)}]
+        if not owners:
+            raise SweepError(f"{where}: [settings] {unknown_setting(k, axes['scenarios'][0])}")
     targets = _table(spec, "targets", where)
     for k in targets:
         if k not in TARGETS:
@@ -382,7 +392,8 @@ def parse_sweep(spec: dict, where: str = "sweep") -> Sweep:
                          "path)")
     sweep = Sweep(path=where, spec=spec, axes=axes, weights=weights,
                   num_classes=spec.get("num_classes"), name=spec.get("name"),
-                  measure=measure, loadgen=loadgen, targets=targets, exclude=exclude,
+                  measure=measure, loadgen=loadgen, settings=settings, targets=targets,
+                  exclude=exclude,
                   include=include)
     sweep.cells()  # an empty grid is refused now
     for group in sweep.groups():

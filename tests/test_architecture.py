@@ -220,3 +220,51 @@ def test_a_plugin_that_cannot_be_imported_is_one_clear_error(cli, workdir, monke
     r = cli("variants")
     assert r.exit_code == 2 and "DENSEBENCH_PLUGINS names" in r.stderr
     assert "missing.py" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_a_plugin_scenario_owns_its_settings_from_the_cli_and_a_sweep(cli, workdir):
+    """The test plugin's one-call scenario declares its own settings (calls, pause_ms) and
+    default repeats; `--set` and a sweep's [settings] reach them with no edit inside
+    densebench/, and a wrong or unknown setting is one clear line that stores nothing."""
+    base = ["run", "-m", "pool-tiny", "-v", "sleep", "-b", "1,2", "--scenario", "one-call",
+            "--device", "cpu", "--no-isolate", "--json"]
+    r = cli(*base, "--set", "calls=3", "--set", "pause_ms=1", "--name", "three")
+    assert r.exit_code == 0, r.stderr
+    rec = load_run(RunStore().resolve("three"))
+    assert rec.data["repeats"]["processes_per_cell"] == 1  # the scenario's own default
+    assert [len(c.samples_ms) for c in rec.cells] == [3, 3]
+    assert all(c.scenario_settings == {"calls": 3, "pause_ms": 1.0} for c in rec.cells)
+    assert all(min(c.samples_ms) >= 4.0 + c.batch_size for c in rec.cells)  # sleep's time
+    for args, needle in (
+            (["--set", "calls=many"], "--set calls takes a whole number, got 'many'"),
+            (["--set", "calls=0"], "--set calls must be at least 1, got 0"),
+            (["--set", "nope=1"], "--set nope is not a setting of the one-call scenario: its "
+                                  "settings are calls, pause_ms"),
+            (["--set", "calls"], "--set 'calls': write NAME=VALUE"),
+            (["--set", "target_qps=5"], "--set target_qps is a setting of the server "
+                                        "scenario, not of one-call"),
+            (["--max-batch", "2"], "--max-batch is a setting of the LoadGen scenarios "
+                                   "(single-stream, multi-stream, server, offline), not of "
+                                   "one-call")):
+        before = sorted(p.name for p in (workdir / "runs").iterdir())
+        r = cli(*base, *args)
+        assert r.exit_code == 2 and needle in r.stderr, (args, r.stderr)
+        assert len(r.stderr.strip().splitlines()) == 1
+        assert sorted(p.name for p in (workdir / "runs").iterdir()) == before
+    r = cli("run", "-m", "pool-tiny", "-v", "sleep", "--device", "cpu", "--set", "calls=2")
+    assert r.exit_code == 2 and "--set calls is a setting of the one-call scenario, not of " \
+        "closed-loop" in r.stderr
+    sweep = workdir / "sweep.toml"
+    sweep.write_text('name = "calls"\nmodels = ["pool-tiny"]\nvariants = ["sleep"]\n'
+                     'scenarios = ["one-call", "closed-loop"]\n'
+                     '[measure]\nwarmup = 0\niters = 2\n[settings]\ncalls = 4\n')
+    r = cli("sweep", sweep)
+    assert r.exit_code == 0, r.stderr
+    by = {c.scenario: c for c in load_run(RunStore().resolve("calls")).cells}
+    assert len(by["one-call"].samples_ms) == 4 and len(by["closed-loop"].samples_ms) == 2
+    sweep.write_text(sweep.read_text().replace("calls = 4", "call = 4"))
+    r = cli("sweep", sweep, "--dry-run")
+    assert r.exit_code == 2 and "[settings] call is not a setting of the one-call" in r.stderr
+    sweep.write_text(sweep.read_text().replace("call = 4", 'calls = "x"'))
+    r = cli("sweep", sweep, "--dry-run")
+    assert r.exit_code == 2 and "calls takes a whole number, got 'x'" in r.stderr

@@ -203,7 +203,7 @@ def test_accuracy_mode_checks_every_response(cli, workdir):
     # one instance more than there are cores, one thread each: refused on any machine
     (["--scenario", "offline", "--instances", str(CORES + 1), "--threads", "1"],
      f"instances x threads ({CORES + 1} x 1) is more than the {CORES} cores"),
-    (["--target-qps", "5"], "--target-qps is a setting of the LoadGen scenarios"),
+    (["--target-qps", "5"], "--target-qps is a setting of the server scenario, not of closed-loop"),
     (["--max-batch", "4"], "--max-batch is a setting of the LoadGen scenarios"),
     (["--scenario", "offline", "--target-qps", "5"], "is a setting of the server scenario"),
     (["--scenario", "offline", "-b", "4"], "--batch-size is a closed-loop setting"),

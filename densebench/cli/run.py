@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Annotated
 
 import typer
@@ -22,6 +23,28 @@ def _ints(values: list[str] | None, option: str) -> list[int]:
         return [int(v) for v in _csv(values)]
     except ValueError:
         raise ConfigError(f"{option} takes integers, as in {option} 1,16,64") from None
+
+
+@contextlib.contextmanager
+def settings_as_flags(assigned: dict):
+    """An error about a setting given with --set names it as --set NAME, not as a flag."""
+    try:
+        yield
+    except ConfigError as e:
+        if e.setting in assigned:
+            raise ConfigError(f"--set {e}") from None
+        raise
+
+
+def _assignments(values: list[str] | None) -> dict:
+    """``--set NAME=VALUE`` options as {NAME: "VALUE"} (the scenario reads the value)."""
+    out_: dict = {}
+    for v in values or []:
+        name, eq, value = v.partition("=")
+        if not eq or not name.strip():
+            raise ConfigError(f"--set {v!r}: write NAME=VALUE, as in --set target_qps=20")
+        out_[name.strip()] = value.strip()
+    return out_
 
 
 def run(
@@ -59,6 +82,7 @@ def run(
     min_queries: Annotated[int | None, typer.Option("--min-queries", help="LoadGen: minimum query count.")] = None,
     official: Annotated[bool, typer.Option("--official", help="LoadGen: MLPerf's 10-minute minimum duration.")] = False,
     accuracy: Annotated[bool, typer.Option("--accuracy", help="LoadGen: accuracy mode (parity of every response with fp32, top-1 with labels).")] = False,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="A setting of the scenario's own, NAME=VALUE (repeatable): any scenario's, a plugin's too (see its Settings).")] = None,
     isolate: Annotated[bool, typer.Option("--isolate/--no-isolate", help="Each variant in its own subprocess (default), or all in this process.")] = True,
     executor: Annotated[str | None, typer.Option(help="Where each variant runs: subprocess | inline (overrides --isolate).")] = None,
     name: Annotated[str | None, typer.Option(help="A name for the run (usable with show/compare).")] = None,
@@ -75,26 +99,33 @@ def run(
     from densebench.report.tables import summary_rows, summary_table
     from densebench.run import RunConfig, run_benchmark
 
-    cfg = RunConfig(
-        model=model, weights=weights, num_classes=num_classes, image_size=image_size,
-        calib=calib, variants=_csv(variant) or ["eager"], compile_modes=_csv(compile_mode) or ["default"],
-        batch_sizes=_ints(batch_size, "--batch-size") or None,
-        modes=_csv(mode) or None, device=device, threads=threads, warmup=warmup,
-        min_iters=min_iters, min_time=seconds(min_time, "min_time", allow_zero=True),
-        iters=iters, max_time=optional_seconds(max_time, "max_time"),
-        timeout=seconds(timeout, "timeout"), scenario=scenario, name=name,
-        max_batch=_ints(max_batch, "--max-batch") or None,
-        batch_timeout_ms=duration_ms(batch_timeout, "batch_timeout_ms", allow_zero=True)
+    # the LoadGen scenarios' settings have flags of their own; --set gives any scenario's
+    flags = {
+        "max_batch": _ints(max_batch, "--max-batch") or None,
+        "batch_timeout_ms": duration_ms(batch_timeout, "batch_timeout_ms", allow_zero=True)
         if batch_timeout is not None else None,
-        instances=instances, oversubscribe=oversubscribe, samples=samples, data=data,
-        target_qps=target_qps,
-        latency_budget_ms=duration_ms(latency_budget, "latency_budget_ms")
+        "instances": instances, "oversubscribe": oversubscribe or None, "samples": samples,
+        "data": data, "target_qps": target_qps,
+        "latency_budget_ms": duration_ms(latency_budget, "latency_budget_ms")
         if latency_budget is not None else None,
-        percentile=percentile, samples_per_query=samples_per_query, expected_qps=expected_qps,
-        duration=optional_seconds(duration, "duration"),
-        min_queries=min_queries, official=official, accuracy=accuracy, repeats=repeats,
-        executor=executor or ("subprocess" if isolate else "inline"),
-    )
+        "percentile": percentile, "samples_per_query": samples_per_query,
+        "expected_qps": expected_qps, "duration": optional_seconds(duration, "duration"),
+        "min_queries": min_queries, "official": official or None,
+        "accuracy": accuracy or None}
+    assigned = _assignments(set_)
+    settings = {k: v for k, v in flags.items() if v is not None} | assigned
+    with settings_as_flags(assigned):
+        cfg = RunConfig(
+            model=model, weights=weights, num_classes=num_classes, image_size=image_size,
+            calib=calib, variants=_csv(variant) or ["eager"],
+            compile_modes=_csv(compile_mode) or ["default"],
+            batch_sizes=_ints(batch_size, "--batch-size") or None,
+            modes=_csv(mode) or None, device=device, threads=threads, warmup=warmup,
+            min_iters=min_iters, min_time=seconds(min_time, "min_time", allow_zero=True),
+            iters=iters, max_time=optional_seconds(max_time, "max_time"),
+            timeout=seconds(timeout, "timeout"), scenario=scenario, name=name,
+            settings=settings, repeats=repeats,
+            executor=executor or ("subprocess" if isolate else "inline"))
     with Progress("run", stop=cfg.stop_rule()) as progress:
         rec = run_benchmark(cfg, progress=progress)
     if json_out:

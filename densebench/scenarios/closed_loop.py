@@ -36,7 +36,8 @@ class ClosedLoop(Scenario):
     NAME = "closed-loop"
     DESCRIPTION = "fixed batches back to back, each timed (warm-up, stop rule, raw samples)"
 
-    def settings(self, config) -> dict:
+    def record(self, config, threads: int | None) -> dict:
+        """The measurement every cell of a run shares (warm-up and stop rule)."""
         return {"warmup": str(config.warmup), "min_iters": config.min_iters,
                 "min_time": config.min_time, "iters": config.iters,
                 "max_time": config.max_time}

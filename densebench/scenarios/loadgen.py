@@ -25,14 +25,21 @@ import queue
 import threading
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from densebench.errors import ConfigError, one_line
+from densebench.errors import ConfigError, bad_setting, one_line
 from densebench.processes import usable_cores
 from densebench.results.schema import Cell
-from densebench.scenarios import Emit, Scenario, register_scenario
+from densebench.scenarios import (
+    Emit,
+    Scenario,
+    check_batch_sizes,
+    duration_field,
+    register_scenario,
+)
 
 OFFICIAL_MIN_DURATION_MS = 600_000
 LOG_FILES = ("mlperf_log_summary.txt", "mlperf_log_detail.txt")
@@ -234,35 +241,121 @@ def _ms(detail: dict, key: str) -> float | None:
 # ------------------------------------------------------------------ the scenarios
 
 
+@dataclass
+class LoadGenSettings:
+    """What the four LoadGen scenarios share (None: the default named beside it)."""
+
+    max_batch: list[int] | None = None  # the dynamic batcher's largest batch: one cell each
+    batch_timeout_ms: float | None = duration_field(None, "ms")  # 2 ms
+    instances: int | None = None  # sessions serving the queue: 1
+    oversubscribe: bool = False  # allow instances x threads above the cores
+    samples: int | None = None  # the sample library's size: 256
+    data: str | None = None  # synthetic | imagefolder:PATH
+    duration: float | None = duration_field(None, "s")  # LoadGen's min duration: 10 s
+    min_queries: int | None = None
+    official: bool = False  # MLPerf's own minimum durations
+    accuracy: bool = False  # accuracy mode: parity of every response
+
+    def __post_init__(self):
+        check_batch_sizes("max_batch", self.max_batch)
+        if self.duration is not None and not (self.duration > 0 and
+                                              math.isfinite(self.duration)):
+            raise bad_setting("duration", f"must be positive, got {self.duration}")
+        for setting in ("instances", "samples", "min_queries"):
+            v = getattr(self, setting)
+            if v is not None and v < 1:
+                raise bad_setting(setting, f"must be at least 1, got {v}")
+        if self.batch_timeout_ms is not None and not self.batch_timeout_ms >= 0:
+            raise bad_setting("batch_timeout_ms", f"must not be negative, got "
+                              f"{self.batch_timeout_ms}")
+
+
+@dataclass
+class ServerSettings(LoadGenSettings):
+    target_qps: float | None = None  # required: queries per second offered
+    latency_budget_ms: float | None = duration_field(None, "ms")  # 100 ms
+    percentile: float | None = None  # held under the budget: 99
+
+    def __post_init__(self):
+        if self.target_qps is None:
+            raise bad_setting("target_qps", "is required by the server scenario (queries "
+                              "per second to offer), e.g. 20")
+        for setting in ("target_qps", "latency_budget_ms"):
+            v = getattr(self, setting)
+            if v is not None and not (v > 0 and math.isfinite(v)):
+                raise bad_setting(setting, f"must be positive, got {v}")
+        if self.percentile is not None and not 0 < self.percentile < 100:
+            raise bad_setting("percentile", f"must be between 0 and 100 (exclusive), got "
+                              f"{self.percentile}")
+        super().__post_init__()
+
+
+@dataclass
+class MultiStreamSettings(LoadGenSettings):
+    samples_per_query: int | None = None  # 8
+
+    def __post_init__(self):
+        if self.samples_per_query is not None and self.samples_per_query < 1:
+            raise bad_setting("samples_per_query", f"must be at least 1, got "
+                              f"{self.samples_per_query}")
+        super().__post_init__()
+
+
+@dataclass
+class OfflineSettings(LoadGenSettings):
+    expected_qps: float | None = None  # what LoadGen sizes its one query for: measured
+
+    def __post_init__(self):
+        if self.expected_qps is not None and not (self.expected_qps > 0 and
+                                                  math.isfinite(self.expected_qps)):
+            raise bad_setting("expected_qps", f"must be positive, got {self.expected_qps}")
+        super().__post_init__()
+
+
 class LoadGenScenario(Scenario):
     """What the four LoadGen scenarios share: settings, SUT, QSL, running, reading back."""
 
+    FAMILY = "LoadGen"
+    Settings = LoadGenSettings
+    BATCH_AXIS = "max_batch"
+    MODES = ("e2e",)
+    MODES_WHY = ": they answer LoadGen with host logits from host inputs"
+    DEFAULT_REPEATS = 1  # LoadGen keeps its own statistics over the queries
     LG_NAME = ""  # TestScenario member
     SAMPLES_PER_QUERY_DEFAULT = 1
 
-    def settings(self, config) -> dict:
-        s = {
-            "samples": config.samples or 256,
-            "max_batch": None,  # per cell: its batch size
-            "batch_timeout_ms": 2.0 if config.batch_timeout_ms is None
-            else config.batch_timeout_ms,
-            "instances": config.instances or 1,
-            "threads_per_instance": None,  # set per run, from the threads
-            "duration_ms": OFFICIAL_MIN_DURATION_MS if config.official
-            else int(1000 * (config.duration if config.duration is not None else 10.0)),
-            "min_query_count": config.min_queries,
-            "official": bool(config.official),
-            "accuracy": bool(config.accuracy),
-            "data": config.data or "synthetic",
-            "target_qps": config.target_qps,
-            "latency_budget_ms": config.latency_budget_ms,
-            "percentile": config.percentile if config.percentile is not None else 99.0,
-            "samples_per_query": config.samples_per_query,
-            "expected_qps": config.expected_qps,
-        }
-        return s
+    def check(self, config) -> None:
+        super().check(config)
+        require_loadgen(self.NAME)
+        self.threads(config)
 
-    def configure(self, lg, ts, s: dict, timing: dict) -> None:
+    def threads(self, config) -> int:
+        """Threads per serving instance: given, or the cores shared out among them."""
+        s = config.scenario_settings
+        return check_cores(s.instances or 1, config.threads, s.oversubscribe)
+
+    def record(self, config, threads: int | None) -> dict:
+        c = config.scenario_settings
+        return {
+            "samples": c.samples or 256,
+            "max_batch": None,  # per cell: its batch size
+            "batch_timeout_ms": 2.0 if c.batch_timeout_ms is None else c.batch_timeout_ms,
+            "instances": c.instances or 1,
+            "threads_per_instance": threads,
+            "duration_ms": OFFICIAL_MIN_DURATION_MS if c.official
+            else int(1000 * (c.duration if c.duration is not None else 10.0)),
+            "min_query_count": c.min_queries,
+            "official": bool(c.official),
+            "accuracy": bool(c.accuracy),
+            "data": c.data or "synthetic",
+            "target_qps": getattr(c, "target_qps", None),
+            "latency_budget_ms": getattr(c, "latency_budget_ms", None),
+            "percentile": getattr(c, "percentile", None) or 99.0,
+            "samples_per_query": getattr(c, "samples_per_query", None),
+            "expected_qps": getattr(c, "expected_qps", None),
+        }
+
+    def set_test_settings(self, lg, ts, s: dict, timing: dict) -> None:
         """Scenario-specific TestSettings fields (``timing``: ms of one sample, ``one_ms``,
         and of a full batch, ``batch_ms``)."""
 
@@ -343,7 +436,7 @@ class LoadGenScenario(Scenario):
             ts.min_query_count = int(s["min_query_count"])
         if s.get("max_duration_ms"):  # a search's time limit: LoadGen stops the run there
             ts.max_duration_ms = int(s["max_duration_ms"])
-        self.configure(lg, ts, s, timing)
+        self.set_test_settings(lg, ts, s, timing)
         batcher = DynamicBatcher(lg, sessions, library, s["max_batch"], s["batch_timeout_ms"],
                                  keep_outputs=keep_outputs)
         sut = lg.ConstructSUT(batcher.issue, batcher.flush)
@@ -449,7 +542,7 @@ class SingleStream(LoadGenScenario):
     LG_NAME = "SingleStream"
     DESCRIPTION = "LoadGen single-stream: one sample per query, the next when it completes"
 
-    def configure(self, lg, ts, s, timing):
+    def set_test_settings(self, lg, ts, s, timing):
         ts.single_stream_expected_latency_ns = int(timing["one_ms"] * 1e6)
 
     def figures(self, detail, s):
@@ -464,9 +557,10 @@ class SingleStream(LoadGenScenario):
 class MultiStream(LoadGenScenario):
     NAME = "multi-stream"
     LG_NAME = "MultiStream"
+    Settings = MultiStreamSettings
     DESCRIPTION = "LoadGen multi-stream: 8 samples per query, the next when it completes"
 
-    def configure(self, lg, ts, s, timing):
+    def set_test_settings(self, lg, ts, s, timing):
         spq = int(s["samples_per_query"] or 8)
         ts.multi_stream_samples_per_query = spq
         batches = math.ceil(spq / s["max_batch"] / s["instances"])
@@ -485,9 +579,10 @@ class MultiStream(LoadGenScenario):
 class Server(LoadGenScenario):
     NAME = "server"
     LG_NAME = "Server"
+    Settings = ServerSettings
     DESCRIPTION = "LoadGen server: Poisson arrivals at a target QPS under a latency bound"
 
-    def configure(self, lg, ts, s, timing):
+    def set_test_settings(self, lg, ts, s, timing):
         ts.server_target_qps = float(s["target_qps"])
         ts.server_target_latency_ns = int((s["latency_budget_ms"] or 100.0) * 1e6)
         ts.server_target_latency_percentile = float(s["percentile"]) / 100.0
@@ -507,9 +602,10 @@ class Server(LoadGenScenario):
 class Offline(LoadGenScenario):
     NAME = "offline"
     LG_NAME = "Offline"
+    Settings = OfflineSettings
     DESCRIPTION = "LoadGen offline: every sample at once; samples per second"
 
-    def configure(self, lg, ts, s, timing):
+    def set_test_settings(self, lg, ts, s, timing):
         # LoadGen issues max(min_query_count, 1.1 x duration x expected QPS) samples in
         # one query: expect what the batcher can do, so the run lasts its duration
         qps = s["expected_qps"] or (s["max_batch"] * s["instances"] / (timing["batch_ms"] / 1e3))
@@ -521,13 +617,6 @@ class Offline(LoadGenScenario):
 
 def _percentile_ms(detail: dict, p: float) -> float | None:
     return _ms(detail, f"result_{p:.2f}_percentile_latency_ns")
-
-
-LOADGEN_SCENARIOS = ("single-stream", "multi-stream", "server", "offline")
-
-
-def is_loadgen(name: str) -> bool:
-    return name in LOADGEN_SCENARIOS
 
 
 def default_min_queries(percentile: float) -> int:

@@ -22,7 +22,8 @@ from densebench.measure.stats import summarize
 from densebench.models import register_model
 from densebench.parity import fixed_input
 from densebench.results.schema import Cell
-from densebench.scenarios import Scenario, register_scenario
+from densebench.errors import bad_setting
+from densebench.scenarios import Scenario, duration_field, register_scenario
 from densebench.variants import Variant, register_variant
 
 
@@ -175,21 +176,40 @@ register_variant(Variant("perturbed", "perturb",
                          "1e-4)", options={"relative": 1e-3}))
 
 
+@dataclass
+class OneCallSettings:
+    """The plugin scenario's own settings: set with --set calls=3, or a sweep's [settings]."""
+
+    calls: int = 1  # timed end-to-end calls per cell
+    pause_ms: float = duration_field(0.0, "ms")  # between calls
+
+    def __post_init__(self):
+        if self.calls < 1:
+            raise bad_setting("calls", f"must be at least 1, got {self.calls}")
+
+
 @register_scenario
 class OneCall(Scenario):
-    """A second scenario beside closed-loop: one timed end-to-end call per cell."""
+    """A second scenario beside closed-loop: ``calls`` timed end-to-end calls per cell,
+    ``pause_ms`` apart; e2e cells only, one worker process per cell by default."""
 
     NAME = "one-call"
-    DESCRIPTION = "test scenario: one timed end-to-end call per cell"
+    DESCRIPTION = "test scenario: a few timed end-to-end calls per cell"
+    Settings = OneCallSettings
+    MODES = ("e2e",)  # it times end-to-end calls only
+    DEFAULT_REPEATS = 1
 
     def run(self, prepared, cells, settings, emit, workdir=None):
         for planned in cells:
             x = fixed_input(planned.batch_size, prepared.image_size)
-            t0 = time.perf_counter_ns()
-            prepared.session.e2e(x)
-            ms = (time.perf_counter_ns() - t0) / 1e6
-            cell = Cell.from_dict({**planned.to_dict(), "status": "ok", "samples_ms": [ms],
-                                   "stats": summarize([ms], planned.batch_size)})
+            samples = []
+            for _ in range(settings["calls"]):
+                t0 = time.perf_counter_ns()
+                prepared.session.e2e(x)
+                samples.append((time.perf_counter_ns() - t0) / 1e6)
+                time.sleep(settings["pause_ms"] / 1e3)
+            cell = Cell.from_dict({**planned.to_dict(), "status": "ok", "samples_ms": samples,
+                                   "stats": summarize(samples, planned.batch_size)})
             emit({"event": "cell", "cell": cell.to_dict()})
 
 
