@@ -245,13 +245,13 @@ def test_ctrl_c_keeps_finished_cells_and_marks_the_run_incomplete(workdir):
     (["-b", "0"], "--batch-size must be positive"),
     (["-b", "x"], "--batch-size takes integers"),
     (["--iters", "0"], "--iters must be at least 1"),
-    (["--min-time", "-1"], "--min-time must be between 0 and"),
+    (["--min-time", "-1"], "--min-time '-1' must be a positive duration"),
     (["--min-iters", "0"], "--min-iters must be at least 1"),
     (["--warmup", "-3"], "--warmup"),
     (["--threads", "0"], "--threads must be at least 1"),
     (["--mode", "fast"], "unknown mode 'fast'"),
     (["--compile-mode", "turbo", "-v", "compile"], "unknown compile mode"),
-    (["--timeout", "0"], "--timeout must be positive"),
+    (["--timeout", "0"], "--timeout '0' must be a positive duration"),
     (["-m", "densenet-tiny", "--image-size", "8"], "too small"),
 ])
 def test_run_bad_input(cli, workdir, args, needle):

@@ -18,11 +18,11 @@ import torch
 from torch import nn
 
 from densebench.backends import Backend, Session, register_backend
+from densebench.errors import bad_setting
 from densebench.measure.stats import summarize
 from densebench.models import register_model
 from densebench.parity import fixed_input
 from densebench.results.schema import Cell
-from densebench.errors import bad_setting
 from densebench.scenarios import Scenario, duration_field, register_scenario
 from densebench.variants import Variant, register_variant
 
