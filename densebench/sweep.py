@@ -173,7 +173,7 @@ class Sweep:
         """The jobs, rounds interleaved (every group once, then again for each repeat).
         ``host``: stamped on the planned cells (an executor with nodes stamps its own)."""
         from densebench.executors import Job
-        from densebench.run import MEASURE_VARIANT
+        from densebench.pipeline import MEASURE_VARIANT
         from densebench.scenarios import get_scenario
         from densebench.variants import get_variant
 

@@ -75,3 +75,24 @@ def run_cli_process(*args, env=None, **kw) -> subprocess.Popen:
     full_env = {**os.environ, **(env or {})}
     return subprocess.Popen([sys.executable, "-m", "densebench", *map(str, args)], env=full_env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def blocked_at(variant: str, phase: str, tmp_path: Path) -> tuple[dict, Path]:
+    """The environment that makes the test runtime block ``variant`` at ``phase`` (see
+    ``block_here`` in tests/plugins/sleepy.py), and the file it writes when it is there."""
+    ready = tmp_path / f"blocked-{variant}-{phase}"
+    return {"SLEEPY_BLOCK": f"{variant}:{phase}:{ready}"}, ready
+
+
+def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 180) -> None:
+    """Until ``path`` exists; fails at once if ``proc`` ended first (it never got there)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if proc.poll() is not None:
+            out, err = proc.communicate()
+            raise AssertionError(f"exited {proc.returncode} before {path.name}: {err[-2000:]}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{path.name} not reached in {timeout} s")
+        time.sleep(0.1)

@@ -2,7 +2,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import pickle
+import signal
 
 import numpy as np
 import pytest
@@ -10,10 +12,12 @@ import torch
 from PIL import Image
 
 from densebench.data import Source, load
-from densebench.eval import topk_correct, wilson_interval
 from densebench.models import load_model
 from densebench.parity import ParityAccumulator
 from densebench.results.store import RunStore
+from densebench.scenarios.eval import topk_correct, wilson_interval
+
+from .conftest import blocked_at, run_cli_process, wait_for
 
 SIZE = 32
 
@@ -215,3 +219,36 @@ def test_bad_cifar_and_class_mismatch(cli, workdir):
     r = cli(*base, "--data", "bogus:thing")
     assert r.exit_code == 2 and "imagefolder:PATH" in r.stderr
     assert cli(*base, "--data", "synthetic", "--limit", "0").exit_code == 2
+
+
+def test_eval_runs_each_variant_in_its_own_worker_a_crash_fails_only_its_cell(cli, workdir,
+                                                                            monkeypatch):
+    """eval goes through the one pipeline: a variant whose worker process dies (the test
+    runtime's sleep, killed like a segfault) fails its own cell, and the next variant is
+    still evaluated, in a worker of its own."""
+    monkeypatch.setenv("SLEEPY_CRASH", "sleep")
+    r = cli("eval", "-m", "pool-tiny", "--data", "synthetic", "--limit", "4", "-b", "2",
+            "-v", "sleep,eager,perturbed", "--device", "cpu", "--name", "crashy", "--json")
+    assert r.exit_code == 0, r.stderr
+    cells = {c["variant"]: c for c in json.loads(r.stdout)["cells"]}
+    assert cells["sleep"]["status"] == "failed" and "139" in cells["sleep"]["error"]
+    assert cells["eager"]["status"] == "ok" and cells["perturbed"]["status"] == "ok"
+    assert cells["eager"]["parity"]["images"] == 4
+    rec = RunStore().load("crashy")
+    assert rec.data["kind"] == "eval" and rec.status == "complete"
+    pids = {c.variant: c.worker.get("pid") for c in rec.cells if c.ok}
+    assert len(set(pids.values())) == 2 and os.getpid() not in pids.values()
+
+
+def test_ctrl_c_during_eval_keeps_the_finished_variants(workdir, tmp_path):
+    env, ready = blocked_at("sleep", "prepare", tmp_path)
+    p = run_cli_process("eval", "-m", "pool-tiny", "--data", "synthetic", "--limit", "4",
+                        "-b", "2", "-v", "eager,sleep", "--device", "cpu", "--name", "cut",
+                        env=env)
+    wait_for(ready, p)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 130 and "incomplete" in err, err
+    rec = RunStore().load("cut")
+    assert rec.status == "incomplete"
+    assert [(c.variant, c.status) for c in rec.cells] == [("eager", "ok")]

@@ -14,7 +14,7 @@ from densebench.errors import StoreError
 from densebench.results.store import ORIGINAL_COLUMNS, RunStore, load_run
 from densebench.variants import expand
 
-from .conftest import TINY_SIZE, run_cli_process
+from .conftest import TINY_SIZE, blocked_at, run_cli_process, wait_for
 
 FAST = ["-m", "densenet-tiny", "--image-size", TINY_SIZE, "--warmup", "1", "--iters", "5",
         "--repeats", "1"]
@@ -212,27 +212,25 @@ def test_a_batch_that_does_not_fit_fails_its_cell_only(cli, workdir):
     assert cells[1]["status"] == "ok"
 
 
-def test_ctrl_c_keeps_finished_cells_and_marks_the_run_incomplete(workdir):
-    p = run_cli_process("run", "-m", "densenet-tiny", "--image-size", TINY_SIZE, "-v",
-                        "eager,channels-last,onnxruntime", "-b", "1", "--warmup", "1",
-                        "--min-time", "2", "--min-iters", "1", "--repeats", "1")
-    deadline = time.time() + 180
-    run_dir = None
-    while time.time() < deadline:
-        found = list((workdir / "runs").glob("*/cells.jsonl"))
-        if found and found[0].read_text().count('"status": "ok"') >= 2:
-            run_dir = found[0].parent
-            break
-        time.sleep(0.2)
-    assert run_dir is not None
+def test_ctrl_c_keeps_finished_cells_and_marks_the_run_incomplete(workdir, tmp_path):
+    """SIGINT while the second variant's worker is known to be preparing (the test runtime
+    blocks there and says so): the first variant's cells are kept, the run is incomplete,
+    the exit code is 130, and no worker is left behind. An exit 0 here is a lost Ctrl-C."""
+    env, ready = blocked_at("sleep-fast", "prepare", tmp_path)
+    p = run_cli_process("run", "-m", "pool-tiny", "-v", "sleep,sleep-fast", "-b", "1,2",
+                        "--warmup", "1", "--iters", "3", "--repeats", "1", "--device", "cpu",
+                        "--name", "stopped", env=env)
+    wait_for(ready, p)
     workers = _workers_of(p.pid)
+    assert workers  # the blocked worker, which the run must take down with it
     p.send_signal(signal.SIGINT)
     _, err = p.communicate(timeout=60)
-    assert p.returncode == 130
+    assert p.returncode == 130, err
     assert "interrupted" in err and "incomplete" in err
-    rec = load_run(run_dir)
+    rec = RunStore().load("stopped")
     assert rec.status == "incomplete"
-    assert sum(c.ok for c in rec.cells) >= 2
+    assert sorted((c.variant, c.batch_size, c.mode) for c in rec.cells if c.ok) == [
+        ("sleep", b, m) for b in (1, 2) for m in ("e2e", "model")]
     time.sleep(0.5)
     assert not [w for w in workers if w.is_running() and w.status() != psutil.STATUS_ZOMBIE]
 

@@ -28,6 +28,7 @@ def eval_cmd(
     strict: Annotated[bool, typer.Option("--strict", help="An unreadable image is an error (default: counted and reported).")] = False,
     download: Annotated[bool, typer.Option("--download", help="cifar10: download the batches if missing.")] = False,
     split: Annotated[str, typer.Option(help="cifar10: test | train.")] = "test",
+    isolate: Annotated[bool, typer.Option("--isolate/--no-isolate", help="Each variant in its own worker process (default: a crash fails that variant only), or all in this process.")] = True,
     name: Annotated[str | None, typer.Option(help="A name for the stored run.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
 ) -> None:
@@ -44,7 +45,8 @@ def eval_cmd(
     cfg = EvalConfig(variants=_csv(variant) or ["eager"], data=data, model=model,
                      weights=weights, num_classes=num_classes, image_size=image_size,
                      batch_size=batch_size, limit=limit, device=device, threads=threads,
-                     strict=strict, download=download, split=split, name=name)
+                     strict=strict, download=download, split=split, name=name,
+                     executor="subprocess" if isolate else "inline")
     with Progress("eval") as progress:
         rec = run_eval(cfg, progress=progress)
     d = rec.data

@@ -78,6 +78,22 @@ class SleepSession(Session):
         return out
 
 
+def block_here(variant: str, phase: str) -> None:
+    """With $SLEEPY_BLOCK=VARIANT:PHASE:FILE, a worker that reaches PHASE for VARIANT
+    writes FILE (its pid) and blocks there until it is killed: a test interrupts the run at
+    a point it knows, instead of guessing it with a sleep."""
+    spec = os.environ.get("SLEEPY_BLOCK", "")
+    want_variant, _, rest = spec.partition(":")
+    want_phase, _, path = rest.partition(":")
+    if want_variant != variant or want_phase != phase or not path:
+        return
+    with open(path + ".tmp", "w") as f:
+        f.write(str(os.getpid()))
+    os.replace(path + ".tmp", path)
+    while True:
+        time.sleep(1)
+
+
 def _next_process_index() -> int:
     with open(os.environ["SLEEPY_PROCESS_COUNTER"], "a+") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
@@ -101,6 +117,9 @@ class SleepBackend(Backend):
         # spread too small to see
         if os.environ.get("SLEEPY_FAIL") == variant.name:  # a runtime that breaks here
             raise RuntimeError(f"{variant.name} failed to load (SLEEPY_FAIL)")
+        if os.environ.get("SLEEPY_CRASH") == variant.name:  # one that kills its process
+            os._exit(139)
+        block_here(variant.name, "prepare")
         scale = float(os.environ.get("SLEEPY_SCALE", "1"))
         if factors := os.environ.get("SLEEPY_PROCESS_FACTORS"):
             factors = [float(f) for f in factors.split(",")]
