@@ -205,7 +205,7 @@ def test_the_python_api(workdir):
 @pytest.mark.parametrize("args,needle", [
     (["--threads", "0"], "--threads must be at least 1, got 0"),
     (["-b", "0"], "--batch-size must be positive integers"),
-    (["--scenario", "warp"], "--scenario 'warp' is unknown: choose from closed-loop"),
+    (["--scenario", "warp"], "--scenario 'warp' is unknown: choose from "),
     (["--executor", "cloud"], "--executor 'cloud' is unknown: choose from inline"),
     (["--min-time", "nan"], "--min-time 'nan' is not a duration"),
 ])
