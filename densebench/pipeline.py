@@ -64,17 +64,18 @@ def measure_variant(payload: dict, emit: Emit) -> None:
             emit({"event": "cell", "cell": dataclasses.replace(
                 c, status="skipped", error=why).to_dict()})
         return
+    scenario, workdir = get_scenario(cfg.scenario), Path(payload["run_dir"])
     try:
         prepared = prepare_variant(
             variant, cfg.model_ref(), payload["device"], threads,
-            phase=lambda name: emit({"event": "phase", "variant": label, "phase": name}))
+            phase=lambda name: emit({"event": "phase", "variant": label, "phase": name}),
+            **scenario.prepare_options(workdir, label))
     except Exception as e:
         for c in cells:
             emit({"event": "cell", "cell": c.failed(one_line(e)).to_dict()})
         return
     emit({"event": "variant", "variant": label, "info": prepared.info()})
-    get_scenario(cfg.scenario).run(prepared, cells, payload["settings"], emit,
-                                   Path(payload["run_dir"]))
+    scenario.run(prepared, cells, payload["settings"], emit, workdir)
 
 
 def export_variant(payload: dict, emit: Emit) -> None:

@@ -1,14 +1,17 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 
 import pytest
 
 from densebench.backends.onnxruntime import table_from_ort
 from densebench.models import load_model
-from densebench.profile import count_flops, cpu_peak_gflops
+from densebench.results.store import RunStore
+from densebench.scenarios.profile import count_flops, cpu_peak_gflops
 
-from .conftest import TINY_SIZE
+from .conftest import TINY_SIZE, blocked_at, run_cli_process, wait_for
 
 BASE = ["profile", "-m", "densenet-tiny", "--image-size", TINY_SIZE, "-b", "2", "--iters", "3",
         "--warmup", "1"]
@@ -99,3 +102,36 @@ def test_profile_bad_input(cli, workdir, args, needle):
     r = cli("profile", "-m", "densenet-tiny", *args)
     assert r.exit_code != 0 and needle in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_profile_runs_in_its_own_worker_and_a_crash_is_one_line(cli, workdir, monkeypatch):
+    """The profile goes through the one pipeline: a worker process of its own, so a
+    runtime that kills its process fails the profile with one line (exit 1) instead of
+    taking densebench down, and the run is stored as failed with the reason."""
+    r = cli("profile", "-m", "pool-tiny", "-v", "eager", "-b", "2", "--iters", "2",
+            "--warmup", "1", "--device", "cpu", "--name", "prof", "--json")
+    assert r.exit_code == 0, r.stderr
+    rec = RunStore().load("prof")
+    (cell,) = rec.cells
+    assert rec.data["kind"] == "profile" and cell.scenario == "profile"
+    assert cell.worker["pid"] != os.getpid()  # measured in a worker process
+    assert rec.data["profiles"][0]["path"] == "profiles/eager"
+    assert (rec.path / "profiles" / "eager" / "operators.csv").stat().st_size > 0
+    monkeypatch.setenv("SLEEPY_CRASH", "sleep")
+    r = cli("profile", "-m", "pool-tiny", "-v", "sleep", "--device", "cpu", "--name", "gone")
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("densebench: error:")]
+    assert r.exit_code == 1 and len(errors) == 1, r.stderr  # beside the progress lines
+    assert "cannot profile sleep" in errors[0] and "139" in errors[0]
+    rec = RunStore().load("gone")
+    assert rec.status == "failed" and "139" in rec.data["error"]
+
+
+def test_ctrl_c_during_a_profile_marks_it_incomplete(workdir, tmp_path):
+    env, ready = blocked_at("sleep", "prepare", tmp_path)
+    p = run_cli_process("profile", "-m", "pool-tiny", "-v", "sleep", "--device", "cpu",
+                        "--name", "cut", env=env)
+    wait_for(ready, p)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 130 and "incomplete" in err, err
+    assert RunStore().load("cut").status == "incomplete"

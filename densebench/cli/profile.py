@@ -21,6 +21,7 @@ def profile(
     iters: Annotated[int, typer.Option(help="Profiled iterations.")] = 10,
     warmup: Annotated[int, typer.Option(help="Warm-up iterations before profiling.")] = 3,
     top: Annotated[int, typer.Option(help="Rows of the operator table to show.")] = 25,
+    isolate: Annotated[bool, typer.Option("--isolate/--no-isolate", help="Profile in a worker process of its own (default), or in this process.")] = True,
     name: Annotated[str | None, typer.Option(help="A name for the stored run.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the profile summary as JSON.")] = False,
 ) -> None:
@@ -36,7 +37,8 @@ def profile(
 
     cfg = ProfileConfig(variant=variant, batch_size=batch_size, model=model, weights=weights,
                         num_classes=num_classes, image_size=image_size, device=device,
-                        threads=threads, iters=iters, warmup=warmup, top=top, name=name)
+                        threads=threads, iters=iters, warmup=warmup, top=top, name=name,
+                        executor="subprocess" if isolate else "inline")
     with Progress(f"profile {variant}") as progress:
         rec, res = run_profile(cfg, progress=progress)
     if json_out:

@@ -106,6 +106,11 @@ class Scenario:
         """What of ``config`` this scenario uses, recorded on every cell."""
         return dataclasses.asdict(config.scenario_settings)
 
+    def prepare_options(self, workdir, variant: str) -> dict:
+        """What the variant's preparation needs for this scenario (a profiler's output
+        folder, for runtimes that arm their profiler when the session is built)."""
+        return {}
+
     def run(self, prepared, cells: list, settings: dict, emit: Emit, workdir) -> None:
         raise NotImplementedError
 
