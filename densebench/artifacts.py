@@ -1,9 +1,11 @@
 """Content-addressed artifact cache.
 
 One directory per key under the cache root (``artifacts/`` in the working directory, or
-``$DENSEBENCH_ARTIFACTS``). The key hashes everything that changes the artifact: model,
-weights identity, classes, format, precision, opset, input shape and dynamic axes, device
-(for compiled packages), calibration (int8) and the library versions. Each entry holds its
+``$DENSEBENCH_ARTIFACTS``). The key is the hash of the fields it is given: everything that
+changes the artifact (``exporters.key_fields``: model, weights identity, classes, format,
+precision, input shape and what the format's exporter adds). The cache knows no format by
+name: it needs ``model``, ``format`` and ``precision`` (the entry's directory name) and
+``versions`` (the manifest's) among the fields. Each entry holds its
 files and a ``manifest.json`` with the key's fields, every file's checksum and size, export
 time, versions and the artifact's max abs error against eager fp32 on a fixed input.
 
@@ -31,158 +33,12 @@ from densebench.processes import pid_alive
 MANIFEST = "manifest.json"
 MANIFEST_SCHEMA = 1
 LAST_USED = ".last_used"
-DEFAULT_OPSET = 18
-
-# format -> precisions it supports
-FORMATS: dict[str, tuple[str, ...]] = {
-    "torchscript": ("fp32",),
-    "onnx": ("fp32", "fp16", "int8"),
-    "openvino": ("fp32", "int8"),  # IR (model.xml + model.bin); int8 by NNCF
-    "aoti": ("fp32", "int8"),  # int8: torchao PT2E, compiled with freezing
-    "checkpoint": ("fp32", "fp16"),
-}
 
 Progress = Callable[[str], None]
 
 
 def default_root() -> Path:
     return Path(os.environ.get("DENSEBENCH_ARTIFACTS") or "artifacts")
-
-
-@dataclass(frozen=True)
-class ExportSpec:
-    """What to export. Validated on creation; ``image_size=None`` means the model's default."""
-
-    model: str
-    format: str = "onnx"
-    precision: str = "fp32"
-    weights: str = "random"
-    num_classes: int | None = None
-    batch_size: int | None = None  # None: dynamic batch axis
-    image_size: int | None = None
-    opset: int | None = None
-    device: str = "cpu"
-    calib_batches: int = 8
-    calib_batch_size: int = 4
-    calib_seed: int = 0
-    calib: str = "synthetic"  # int8: calibration data (calibration.Calibration.parse)
-
-    def __post_init__(self):
-        if self.format not in FORMATS:
-            raise ConfigError(
-                f"unknown format {self.format!r}: choose one of {', '.join(FORMATS)}"
-            )
-        if self.precision not in FORMATS[self.format]:
-            raise ConfigError(
-                f"format {self.format} does not support precision {self.precision!r}: "
-                f"it supports {', '.join(FORMATS[self.format])}"
-            )
-        if self.batch_size is not None and self.batch_size < 1:
-            raise ConfigError(f"--batch-size must be at least 1, got {self.batch_size}")
-        if self.image_size is not None and self.image_size < 1:
-            raise ConfigError(f"--image-size must be at least 1, got {self.image_size}")
-        if self.num_classes is not None and self.num_classes < 1:
-            raise ConfigError(f"--num-classes must be at least 1, got {self.num_classes}")
-        if self.opset is not None:
-            if self.format != "onnx":
-                raise ConfigError(f"--opset applies to the onnx format only, not {self.format}")
-            import onnx
-
-            newest = onnx.defs.onnx_opset_version()
-            if not 18 <= self.opset <= newest:
-                raise ConfigError(
-                    f"--opset {self.opset} is not supported: torch's ONNX exporter needs "
-                    f"18 to {newest}"
-                )
-        if self.calib_batches < 1 or self.calib_batch_size < 1:
-            raise ConfigError("calibration batches and batch size must be at least 1")
-
-    @property
-    def dynamic(self) -> bool:
-        return self.batch_size is None
-
-
-def _torchvision_version() -> str:
-    """torchvision's ``__version__`` (local part included, as keys always had it), read from
-    its version.py: importing torchvision costs a worker that only loads an artifact 1.6 s."""
-    import importlib.util
-    import re
-
-    try:
-        spec = importlib.util.find_spec("torchvision")
-        text = (Path(spec.submodule_search_locations[0]) / "version.py").read_text()
-        return re.search(r"^__version__ = ['\"]([^'\"]+)['\"]", text, re.M).group(1)
-    except (AttributeError, TypeError, IndexError, OSError):  # an unusual install
-        import torchvision
-
-        return torchvision.__version__
-
-
-def _versions(fmt: str, precision: str) -> dict[str, str]:
-    import torch
-
-    v = {"torch": torch.__version__, "torchvision": _torchvision_version()}
-    if fmt == "onnx":
-        import onnx
-
-        v["onnx"] = onnx.__version__
-        if precision == "int8":
-            import onnxruntime
-
-            v["onnxruntime"] = onnxruntime.__version__
-    if fmt == "openvino":
-        from densebench.backends import distribution_version
-
-        v["openvino"] = distribution_version("openvino")
-        if precision == "int8":
-            v["nncf"] = distribution_version("nncf")
-    if fmt == "aoti" and precision == "int8":
-        from densebench.backends import distribution_version
-
-        v["torchao"] = distribution_version("torchao")
-    return v
-
-
-def _device_type(device: str) -> str:
-    import torch
-
-    from densebench.devices import resolve_device
-
-    return torch.device(resolve_device(device)).type
-
-
-def key_fields(spec: ExportSpec, weights_id: str, image_size: int, num_classes: int) -> dict:
-    """Every field that changes the artifact; their hash is the cache key."""
-    fields = {
-        "model": spec.model,
-        "weights": weights_id,
-        "num_classes": num_classes,
-        "format": spec.format,
-        "precision": spec.precision,
-        "opset": (spec.opset or DEFAULT_OPSET) if spec.format == "onnx" else None,
-        "input_shape": [spec.batch_size or "batch", 3, image_size, image_size],
-        "dynamic_axes": ["batch"] if spec.dynamic else [],
-        # compiled packages run only where they were built
-        "device": _device_type(spec.device) if spec.format == "aoti" else "any",
-        "versions": _versions(spec.format, spec.precision),
-    }
-    if spec.precision == "int8":
-        from densebench.calibration import Calibration
-
-        data = Calibration.parse(spec.calib, images=spec.calib_batches * spec.calib_batch_size)
-        fields["calibration"] = {
-            **data.identity(), "batches": spec.calib_batches,
-            "batch_size": spec.calib_batch_size,
-            **({"method": "minmax", "format": "QDQ", "per_channel": True,
-                "activations": "uint8", "weights": "int8", "pre_process": True}
-               if spec.format == "onnx" else
-               {"method": "torchao PT2E, X86InductorQuantizer default config"}
-               if spec.format == "aoti" else
-               {"method": "nncf.quantize (post-training, mixed preset)"}),
-        }
-    return fields
-
-
 
 
 @dataclass
@@ -457,4 +313,4 @@ def artifact_row(a: Artifact) -> dict:
     }
 
 
-__all__ = ["Artifact", "ArtifactCache", "ExportSpec", "FORMATS", "artifact_row"]
+__all__ = ["Artifact", "ArtifactCache", "artifact_row"]

@@ -86,3 +86,18 @@ class Calibration:
                               "images", setting="calib")
         n = len(x) // batch_size * batch_size
         return list(x[:n].split(batch_size))
+
+
+def spec_calibration(spec) -> Calibration:
+    """The calibration data an int8 export of ``spec`` (an ``ExportSpec``) is calibrated on."""
+    return Calibration.parse(spec.calib, images=spec.calib_batches * spec.calib_batch_size)
+
+
+def calibration_key(spec, method: dict) -> dict:
+    """What an int8 export adds to its key: the calibration data, its batching and the
+    exporter's ``method`` (how it quantizes); nothing for other precisions."""
+    if spec.precision != "int8":
+        return {}
+    return {"calibration": {**spec_calibration(spec).identity(),
+                            "batches": spec.calib_batches,
+                            "batch_size": spec.calib_batch_size, **method}}

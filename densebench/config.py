@@ -14,11 +14,11 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
-from densebench.artifacts import ExportSpec
 from densebench.backends import get_backend
 from densebench.calibration import Calibration
 from densebench.errors import ConfigError, bad_setting, check_threads
 from densebench.executors import get_executor
+from densebench.exporters import ExportSpec
 from densebench.measure.engine import MODES, StopRule, Warmup
 from densebench.prepare import ModelRef
 from densebench.scenarios import check_batch_sizes, get_scenario

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from densebench.artifacts import ArtifactCache, key_fields
+from densebench.artifacts import ArtifactCache
 from densebench.backends import get_backend
 from densebench.checksums import sha256_json
 from densebench.config import RunConfig
@@ -29,7 +29,7 @@ from densebench.devices import resolve_device
 from densebench.environment import fingerprint, host_identity
 from densebench.errors import interrupted, one_line, threads_warning
 from densebench.executors import Job, get_executor
-from densebench.exporters import export_artifact
+from densebench.exporters import export_artifact, key_fields
 from densebench.models import check_image_size, load_model, model_stats
 from densebench.prepare import artifact_spec, prepare_variant
 from densebench.processes import this_process_start, usable_cores

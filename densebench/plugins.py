@@ -1,11 +1,12 @@
 """Where registries are filled: built-in parts and plugins, imported once per process.
 
-Built-in backends, scenarios and executors are the modules of their packages (a module
-whose name starts with ``_`` is shared code). Plugins are imported after them, the same
-way in the CLI and in every worker process: the ``densebench.plugins`` entry-point group
-of installed packages, and ``DENSEBENCH_PLUGINS`` (module names or ``.py`` paths,
-comma-separated). A plugin registers with the same decorators as the built-ins
-(``register_backend``, ``register_variant``, ``register_scenario``).
+Built-in backends, exporters (artifact formats), scenarios and executors are the modules
+of their packages (a module whose name starts with ``_`` is shared code). Plugins are
+imported after them, the same way in the CLI and in every worker process: the
+``densebench.plugins`` entry-point group of installed packages, and ``DENSEBENCH_PLUGINS``
+(module names or ``.py`` paths, comma-separated). A plugin registers with the same
+decorators as the built-ins (``register_backend``, ``register_exporter``,
+``register_variant``, ``register_scenario``).
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from pathlib import Path
 
 from densebench.errors import ConfigError
 
-PACKAGES = ("densebench.backends", "densebench.scenarios", "densebench.executors")
+PACKAGES = ("densebench.backends", "densebench.exporters", "densebench.scenarios",
+            "densebench.executors")
 _builtins_loaded = False
 _imported: set[str] = set()
 

@@ -87,7 +87,7 @@ class Prepared:
 def artifact_spec(variant: Variant, ref: ModelRef, device: str, image_size: int):
     """The ExportSpec of ``variant``'s artifact for ``ref`` on ``device`` (None: it has
     none, it runs the module itself)."""
-    from densebench.artifacts import ExportSpec
+    from densebench.exporters import ExportSpec
 
     if not variant.artifact:
         return None

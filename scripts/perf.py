@@ -183,9 +183,9 @@ def time_to_first_iteration(repeats: int) -> dict:
 
 def openvino_side_by_side(rounds: int, seconds: int) -> dict:
     """`benchmark_app` and `densebench run -v openvino` on the same IR, alternating."""
-    from densebench.artifacts import ArtifactCache, ExportSpec
+    from densebench.artifacts import ArtifactCache
     from densebench.environment import cpu_supports_bf16
-    from densebench.exporters import export_artifact
+    from densebench.exporters import ExportSpec, export_artifact
 
     ir, _ = export_artifact(ExportSpec("densenet121", "openvino", "fp32"), ArtifactCache())
     pairs = [("openvino", "f32")] + ([("openvino-bf16", "bf16")] if cpu_supports_bf16()
@@ -246,9 +246,9 @@ def _timm(extra: list[str], iters: int) -> float:
 def side_by_side(best: str, rounds: int, seconds: int, timm_iters: int) -> dict:
     """densebench's best variant, OpenVINO's `benchmark_app` at its best settings and
     timm's benchmark.py at its best CPU settings, batch 16, alternating rounds."""
-    from densebench.artifacts import ArtifactCache, ExportSpec
+    from densebench.artifacts import ArtifactCache
     from densebench.environment import cpu_supports_bf16
-    from densebench.exporters import export_artifact
+    from densebench.exporters import ExportSpec, export_artifact
 
     try:
         import timm  # noqa: F401

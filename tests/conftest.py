@@ -11,8 +11,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from densebench.artifacts import ArtifactCache, ExportSpec
-from densebench.exporters import export_artifact
+from densebench.artifacts import ArtifactCache
+from densebench.exporters import ExportSpec, export_artifact
 
 REPO = Path(__file__).resolve().parent.parent
 TINY_SIZE = 32  # the smallest input densenet-tiny takes: fast

@@ -16,6 +16,7 @@ import pytest
 import densebench
 from densebench.errors import ConfigError
 from densebench.executors import Job, get_executor
+from densebench.parity import within
 from densebench.results.schema import SCHEMA_VERSION, Cell
 from densebench.results.store import RunStore, load_run
 from densebench.run import RunConfig, run_benchmark
@@ -268,3 +269,54 @@ def test_a_plugin_scenario_owns_its_settings_from_the_cli_and_a_sweep(cli, workd
     sweep.write_text(sweep.read_text().replace("call = 4", 'calls = "x"'))
     r = cli("sweep", sweep, "--dry-run")
     assert r.exit_code == 2 and "calls takes a whole number, got 'x'" in r.stderr
+
+
+NUMPY_HEAD = Path(__file__).parent / "plugins" / "numpy_head.py"
+
+
+def test_a_plugin_adds_a_format_its_exporter_a_runtime_and_variants(cli, workdir, monkeypatch):
+    """tests/plugins/numpy_head.py registers an artifact format (npz) with its exporter, a
+    runtime that loads it and two variants over it; with sleepy.py's one-call scenario they
+    export, run in worker processes, sweep and show their parity with no edit inside
+    densebench/ (which never names the format)."""
+    monkeypatch.setenv("DENSEBENCH_PLUGINS", f"{SLEEPY},{NUMPY_HEAD}")
+    package = Path(densebench.__file__).parent
+    assert not [p for p in package.rglob("*.py") if "npz" in p.read_text()]
+    r = cli("export", "-m", "pool-tiny", "--format", "npz", "--json")
+    assert r.exit_code == 0, r.stderr
+    art = json.loads(r.stdout)
+    assert art["fields"]["format"] == "npz" and art["main"] == "head.npz"
+    assert art["fields"]["versions"]["numpy"] and art["fields"]["layout"]
+    assert art["parity"]["max_abs_error"] < 1e-5 and art["parity"]["top1_agreement"] == 1.0
+    r = cli("export", "-m", "pool-tiny", "--format", "npz", "--precision", "int8")
+    assert r.exit_code == 2 and "format npz does not support precision 'int8': it " \
+        "supports fp32, fp16" in r.stderr
+    r = cli("export", "-m", "densenet-tiny", "--format", "npz", "--image-size", TINY_SIZE)
+    assert r.exit_code != 0 and "holds a global-average-pool + linear classifier" in r.stderr
+    r = cli("run", "-m", "pool-tiny", "-v", "numpy,numpy-fp16", "-b", "1,4", "--device",
+            "cpu", "--repeats", "1", "--iters", "3", "--warmup", "1", "--name", "npz")
+    assert r.exit_code == 0, r.stderr
+    rec = load_run(RunStore().resolve("npz"))
+    cells = {(c.variant, c.batch_size): c for c in rec.cells}
+    assert set(cells) == {(v, b) for v in ("numpy", "numpy-fp16") for b in (1, 4)}
+    assert all(c.status == "ok" and len(c.samples_ms) == 3 for c in cells.values())
+    keys = {c.variant: rec.data["variants"][c.variant]["artifact"] for c in rec.cells}
+    assert keys["numpy"] == art["key"][:12] and keys["numpy-fp16"] != keys["numpy"]
+    assert all(within(c.precision, c.parity) for c in rec.cells), [c.parity for c in rec.cells]
+    assert max(c.parity["max_abs_error"] for c in rec.cells if c.variant == "numpy") < 1e-5
+    r = cli("run", "-m", "pool-tiny", "-v", "numpy", "-b", "2", "--device", "cpu",
+            "--scenario", "one-call", "--set", "calls=3", "--name", "npz-once")
+    assert r.exit_code == 0, r.stderr
+    (once,) = load_run(RunStore().resolve("npz-once")).cells
+    assert once.mode == "e2e" and len(once.samples_ms) == 3 and once.status == "ok"
+    sweep = workdir / "npz.toml"
+    sweep.write_text('name = "npz-sweep"\nmodels = ["pool-tiny"]\n'
+                     'variants = ["numpy", "numpy-fp16"]\nscenarios = ["one-call"]\n'
+                     'batch_sizes = [1, 4]\n[settings]\ncalls = 2\n')
+    r = cli("sweep", sweep)
+    assert r.exit_code == 0, r.stderr
+    swept = load_run(RunStore().resolve("npz-sweep")).cells
+    assert sorted((c.variant, c.batch_size) for c in swept) == sorted(cells)
+    assert all(c.status == "ok" and len(c.samples_ms) == 2 for c in swept)
+    rows = json.loads(cli("artifacts", "--json").stdout)
+    assert sorted(r["precision"] for r in rows if r["format"] == "npz") == ["fp16", "fp32"]

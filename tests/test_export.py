@@ -7,9 +7,9 @@ import time
 import pytest
 import torch
 
-from densebench.artifacts import ArtifactCache, ExportSpec
+from densebench.artifacts import ArtifactCache
 from densebench.errors import ConfigError, CorruptArtifactError
-from densebench.exporters import export_artifact, load_artifact
+from densebench.exporters import ExportSpec, export_artifact, load_artifact
 from densebench.models import load_model
 from densebench.parity import fixed_input, kept_reference
 

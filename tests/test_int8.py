@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from densebench.artifacts import ArtifactCache, ExportSpec
-from densebench.exporters import export_artifact
+from densebench.artifacts import ArtifactCache
+from densebench.exporters import ExportSpec, export_artifact
 from densebench.parity import THRESHOLDS as PARITY_THRESHOLDS
 from densebench.parity import within as parity_within
 

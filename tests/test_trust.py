@@ -15,8 +15,8 @@ import numpy as np
 import psutil
 import pytest
 
-from densebench.artifacts import ArtifactCache, ExportSpec
-from densebench.exporters import export_artifact
+from densebench.artifacts import ArtifactCache
+from densebench.exporters import ExportSpec, export_artifact
 from densebench.measure.stats import bootstrap_ci
 from densebench.results.repeats import merged
 from densebench.results.store import RunStore, load_run

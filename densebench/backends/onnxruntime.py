@@ -23,7 +23,72 @@ from densebench.backends import (
     distribution_version,
     register_backend,
 )
-from densebench.exporters.onnx import INPUT, OUTPUT, input_dtype, make_session
+from densebench.errors import DeviceError
+
+INPUT = "input"  # the names the ONNX exporter gives the graph's input and output
+OUTPUT = "logits"
+
+
+def providers_for(device: str, trt_cache: Path | None = None, fp16: bool = False) -> list:
+    kind = torch.device(device).type
+    if kind == "cpu":
+        return ["CPUExecutionProvider"]
+    index = torch.device(device).index or 0
+    if kind == "tensorrt":
+        opts = {"device_id": index, "trt_fp16_enable": fp16}
+        if trt_cache is not None:
+            trt_cache.mkdir(parents=True, exist_ok=True)
+            opts.update(trt_engine_cache_enable=True, trt_engine_cache_path=str(trt_cache),
+                        trt_timing_cache_enable=True, trt_timing_cache_path=str(trt_cache))
+        return [("TensorrtExecutionProvider", opts),
+                ("CUDAExecutionProvider", {"device_id": index})]
+    return [("CUDAExecutionProvider", {"device_id": index})]
+
+
+def make_session(path: Path, device: str = "cpu", threads: int | None = None,
+                 profile_prefix: str | None = None, trt_cache: Path | None = None,
+                 fp16: bool = False):
+    """An InferenceSession on ``device`` with all graph optimisations.
+
+    Raises DeviceError when the requested provider is not the one the session uses: ONNX
+    Runtime falls back to the CPU provider silently, densebench never does.
+    """
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+    if profile_prefix:
+        so.enable_profiling = True
+        so.profile_file_prefix = profile_prefix
+    so.log_severity_level = 3
+    providers = providers_for(device, trt_cache, fp16)
+    wanted = providers[0] if isinstance(providers[0], str) else providers[0][0]
+    if wanted not in ort.get_available_providers():
+        raise DeviceError(
+            f"this ONNX Runtime build has no {wanted}: install onnxruntime-gpu with CUDA "
+            "libraries, or use the CPU"
+        )
+    try:
+        session = ort.InferenceSession(str(path), so, providers=providers)
+    except Exception as e:
+        raise DeviceError(
+            f"ONNX Runtime could not create a session with {wanted}: "
+            f"{str(e).strip().splitlines()[0][:200]}"
+        ) from e
+    if session.get_providers()[0] != wanted:
+        raise DeviceError(
+            f"ONNX Runtime fell back from {wanted} to {session.get_providers()[0]} (missing CUDA "
+            "or TensorRT libraries?); refusing to report a CPU number as a GPU one"
+        )
+    return session
+
+
+def input_dtype(session) -> np.dtype:
+    return np.float16 if session.get_inputs()[0].type == "tensor(float16)" else np.float32
+
 
 
 @dataclass

@@ -12,13 +12,38 @@ instance; the hint and the streams read back are recorded with the result.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from densebench.backends import Backend, Session, distribution_version, register_backend
+from densebench.errors import VariantError
 
 _PRECISION = {"fp32": "f32", "int8": "f32", "bf16": "bf16"}  # int8: the rest stays f32
+
+
+def require_openvino():
+    try:
+        import openvino as ov
+    except ImportError:
+        raise VariantError("openvino variants need OpenVINO: pip install openvino "
+                           "(make install installs it)") from None
+    return ov
+
+
+def compile_model(path: Path, precision: str = "f32", threads: int | None = None,
+                  hint: str = "LATENCY", streams: int | None = None):
+    """The IR compiled for the CPU with the precision asked for, and the one it reads back."""
+    ov = require_openvino()
+    config = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": hint}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = int(threads)
+    if streams:
+        config["NUM_STREAMS"] = int(streams)
+    compiled = ov.Core().compile_model(str(path), "CPU", config)
+    got = compiled.get_property("INFERENCE_PRECISION_HINT")  # an ov.Type: f32, bf16
+    return compiled, got.get_type_name() if hasattr(got, "get_type_name") else str(got)
 
 
 @dataclass
@@ -71,9 +96,6 @@ class OpenVinoBackend(Backend):
                 for _ in range(n)]
 
     def _compile(self, variant, artifact, threads, hint: str, streams: int | None):
-        from densebench.errors import VariantError
-        from densebench.exporters.openvino import compile_model
-
         artifact.verify()
         artifact.touch()
         asked = _PRECISION[variant.precision]

@@ -11,7 +11,7 @@ from densebench.cli.common import out, print_json, status
 
 def export(
     model: Annotated[str, typer.Option("--model", "-m", help="Model name (see `densebench models`).")] = "densenet121",
-    format: Annotated[str, typer.Option("--format", "-f", help="torchscript | onnx | aoti | checkpoint")] = "onnx",
+    format: Annotated[str, typer.Option("--format", "-f", help="A registered artifact format: onnx | torchscript | aoti | openvino | checkpoint, or a plugin's.")] = "onnx",
     precision: Annotated[str, typer.Option(help="fp32 | fp16 | int8, where the format supports it.")] = "fp32",
     weights: Annotated[str, typer.Option(help="imagenet | random[:SEED] | PATH to a state_dict or checkpoint.")] = "random",
     num_classes: Annotated[int | None, typer.Option(help="Replace the classifier head with N classes.")] = None,
@@ -28,8 +28,8 @@ def export(
 
     Example: densebench export --model densenet121 --format onnx --precision int8
     """
-    from densebench.artifacts import ArtifactCache, ExportSpec
-    from densebench.exporters import export_artifact
+    from densebench.artifacts import ArtifactCache
+    from densebench.exporters import ExportSpec, export_artifact
 
     spec = ExportSpec(
         model=model, format=format, precision=precision, weights=weights,

@@ -14,49 +14,76 @@ from pathlib import Path
 
 import torch
 
-from densebench.errors import DeviceError
+from densebench.backends import distribution_version
+from densebench.calibration import calibration_key, spec_calibration
+from densebench.devices import resolve_device
+from densebench.errors import DeviceError, ExportError
+from densebench.exporters import Exporter, batch_axis, register_exporter
+from densebench.quantize import QUANTIZER, quantize_pt2e, require_torchao
 
 MAIN = "model.aoti.pt2"
 PROGRAM = "program.pt2"
 
 
-def export(loaded, spec, out: Path, example: torch.Tensor, progress=None, **_) -> tuple[str, dict]:
-    from densebench.devices import resolve_device
-    from densebench.exporters import batch_axis
+@register_exporter
+class AotiExporter(Exporter):
+    FORMAT = "aoti"
+    PRECISIONS = ("fp32", "int8")
+    DEVICE_BOUND = True  # a compiled package runs only where it was built
 
-    device = resolve_device(spec.device)
-    dynamic = batch_axis(spec)
-    if spec.precision == "int8":
-        return _export_int8(loaded.module, spec, device, dynamic, out, example.shape[-1],
-                            progress)
-    module = loaded.module.to(device)
-    example = example.to(device)
-    try:
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            program = torch.export.export(module, (example,), dynamic_shapes=dynamic)
-            torch.export.save(program, str(out / PROGRAM))
-            if progress:
-                progress("compiling with AOTInductor (this takes a while)")
-            torch._inductor.aoti_compile_and_package(program, package_path=str(out / MAIN))
-    finally:
-        loaded.module.to("cpu")
-    return MAIN, {"exporter": "torch.export + AOTInductor", "program": PROGRAM}
+    def versions(self, spec) -> dict[str, str | None]:
+        return {"torchao": distribution_version("torchao")} if spec.precision == "int8" else {}
+
+    def key(self, spec) -> dict:
+        return calibration_key(spec, {"method": "torchao PT2E, X86InductorQuantizer "
+                                                "default config"})
+
+    def export(self, loaded, spec, out: Path, example: torch.Tensor, *, cache, progress
+               ) -> tuple[str, dict]:
+        device = resolve_device(spec.device)
+        dynamic = batch_axis(spec)
+        if spec.precision == "int8":
+            return _export_int8(loaded.module, spec, device, dynamic, out, example.shape[-1],
+                                progress)
+        module = loaded.module.to(device)
+        example = example.to(device)
+        try:
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                program = torch.export.export(module, (example,), dynamic_shapes=dynamic)
+                torch.export.save(program, str(out / PROGRAM))
+                if progress:
+                    progress("compiling with AOTInductor (this takes a while)")
+                torch._inductor.aoti_compile_and_package(program, package_path=str(out / MAIN))
+        finally:
+            loaded.module.to("cpu")
+        return MAIN, {"exporter": "torch.export + AOTInductor", "program": PROGRAM}
+
+    def load(self, path: Path, device: str, fields: dict):
+        built_for = fields.get("device", "cpu")
+        if torch.device(device).type != torch.device(built_for).type:
+            raise DeviceError(
+                f"this AOTInductor package was compiled for {built_for}, not {device}: export "
+                f"it again with --device {device}"
+            )
+        fn = torch._inductor.aoti_load_package(str(path))
+
+        def run(x: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():
+                return fn(x)
+
+        return run
 
 
 def _export_int8(module, spec, device: str, dynamic: dict | None, out: Path,
                  image_size: int, progress) -> tuple[str, dict]:
-    from densebench.errors import ExportError
-    from densebench.exporters.onnx import calibration
-    from densebench.quantize import QUANTIZER, quantize_pt2e, require_torchao
-
     if torch.device(device).type != "cpu":
         raise ExportError(f"aoti int8 is built for the CPU (the x86 Inductor quantizer), "
                           f"not {device}: use --device cpu")
     if require_torchao() is None:
         raise ExportError("aoti int8 needs torchao: pip install torchao "
                           "(make install installs it)")
-    calib = calibration(spec)
+    calib = spec_calibration(spec)
     batches = calib.batches(image_size, spec.calib_batch_size)
     if progress:
         progress("quantizing int8 (PT2E, calibrating)")
@@ -72,18 +99,3 @@ def _export_int8(module, spec, device: str, dynamic: dict | None, out: Path,
     return MAIN, {"exporter": "torchao PT2E int8 + torch.export + AOTInductor (freezing)",
                   "quantizer": QUANTIZER, "calibration": calib.identity()}
 
-
-def load(path: Path, device: str, fields: dict):
-    built_for = fields.get("device", "cpu")
-    if torch.device(device).type != torch.device(built_for).type:
-        raise DeviceError(
-            f"this AOTInductor package was compiled for {built_for}, not {device}: export it "
-            f"again with --device {device}"
-        )
-    fn = torch._inductor.aoti_load_package(str(path))
-
-    def run(x: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            return fn(x)
-
-    return run

@@ -11,63 +11,74 @@ OpenVINO will run (its FakeQuantize placement), not ONNX Runtime's QDQ pattern.
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
 import torch
 
+from densebench.backends import distribution_version
+from densebench.backends.openvino import compile_model, require_openvino
+from densebench.calibration import calibration_key, spec_calibration
+from densebench.exporters import Exporter, export_artifact, register_exporter
+
 MAIN = "model.xml"
 
 
-def require_openvino():
-    try:
-        import openvino as ov
-    except ImportError:
-        from densebench.errors import VariantError
+@register_exporter
+class OpenVinoExporter(Exporter):
+    FORMAT = "openvino"
+    PRECISIONS = ("fp32", "int8")  # int8: by NNCF
 
-        raise VariantError("openvino variants need OpenVINO: pip install openvino "
-                           "(make install installs it)") from None
-    return ov
+    def versions(self, spec) -> dict[str, str | None]:
+        v = {"openvino": distribution_version("openvino")}
+        if spec.precision == "int8":
+            v["nncf"] = distribution_version("nncf")
+        return v
 
+    def key(self, spec) -> dict:
+        return calibration_key(spec, {"method": "nncf.quantize (post-training, mixed preset)"})
 
-def export(loaded, spec, out: Path, example: torch.Tensor, cache=None, progress=None
-           ) -> tuple[str, dict]:
-    ov = require_openvino()
-    image_size = example.shape[-1]
-    if spec.precision == "int8":
-        return _export_int8(ov, loaded, spec, out, cache, progress, image_size)
-    import warnings
+    def export(self, loaded, spec, out: Path, example: torch.Tensor, *, cache, progress
+               ) -> tuple[str, dict]:
+        ov = require_openvino()
+        image_size = example.shape[-1]
+        if spec.precision == "int8":
+            return _export_int8(ov, loaded, spec, out, cache, progress, image_size)
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = ov.convert_model(loaded.module.eval(), example_input=example)
+        model.reshape({model.inputs[0]: ov.PartialShape([-1, 3, image_size, image_size])})
+        ov.save_model(model, str(out / MAIN), compress_to_fp16=False)
+        return MAIN, {"exporter": "openvino.convert_model from PyTorch, fp32 weights, "
+                                  "dynamic batch"}
 
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = ov.convert_model(loaded.module.eval(), example_input=example)
-    model.reshape({model.inputs[0]: ov.PartialShape([-1, 3, image_size, image_size])})
-    ov.save_model(model, str(out / MAIN), compress_to_fp16=False)
-    return MAIN, {"exporter": "openvino.convert_model from PyTorch, fp32 weights, "
-                              "dynamic batch"}
+    def load(self, path: Path, device: str, fields: dict):
+        compiled, _ = compile_model(path, "f32")
+        request = compiled.create_infer_request()
+
+        def run(x: torch.Tensor) -> torch.Tensor:
+            return torch.from_numpy(request.infer({0: x.numpy()})[0].copy())
+
+        return run
 
 
 def _export_int8(ov, loaded, spec, out: Path, cache, progress, image_size: int):
     import nncf
 
-    from densebench.exporters import export_artifact
-    from densebench.exporters.onnx import calibration
-
     base, _ = export_artifact(replace(spec, precision="fp32"), cache, loaded=loaded,
                               progress=progress)
     if progress:
         progress("calibrating int8 (NNCF post-training quantization)")
-    batches = [b.numpy() for b in calibration(spec).batches(image_size,
-                                                             spec.calib_batch_size)]
+    batches = [b.numpy() for b in spec_calibration(spec).batches(
+        image_size, spec.calib_batch_size)]
     model = ov.Core().read_model(str(base.main_file))
-    import logging
-
     nncf_log = logging.getLogger("nncf")
     level = nncf_log.level
     nncf_log.setLevel(logging.ERROR)
-    import contextlib
-    import io
-
     try:  # NNCF draws a progress bar on stdout: that is `--json`'s channel
         with contextlib.redirect_stdout(io.StringIO()):
             q = nncf.quantize(model, nncf.Dataset(batches),
@@ -77,27 +88,3 @@ def _export_int8(ov, loaded, spec, out: Path, cache, progress, image_size: int):
     ov.save_model(q, str(out / MAIN), compress_to_fp16=False)
     return MAIN, {"exporter": "nncf.quantize (post-training, default preset) of the fp32 IR",
                   "source_artifact": base.key}
-
-
-def compile_model(path: Path, precision: str = "f32", threads: int | None = None,
-                  hint: str = "LATENCY", streams: int | None = None):
-    """The IR compiled for the CPU with the precision asked for, and the one it reads back."""
-    ov = require_openvino()
-    config = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": hint}
-    if threads:
-        config["INFERENCE_NUM_THREADS"] = int(threads)
-    if streams:
-        config["NUM_STREAMS"] = int(streams)
-    compiled = ov.Core().compile_model(str(path), "CPU", config)
-    got = compiled.get_property("INFERENCE_PRECISION_HINT")  # an ov.Type: f32, bf16
-    return compiled, got.get_type_name() if hasattr(got, "get_type_name") else str(got)
-
-
-def load(path: Path, device: str, fields: dict):
-    compiled, _ = compile_model(path, "f32")
-    request = compiled.create_infer_request()
-
-    def run(x: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(request.infer({0: x.numpy()})[0].copy())
-
-    return run

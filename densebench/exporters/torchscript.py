@@ -7,27 +7,33 @@ from pathlib import Path
 
 import torch
 
+from densebench.exporters import Exporter, register_exporter
+
 MAIN = "model.ts"
 
 
-def export(loaded, spec, out: Path, example: torch.Tensor, **_) -> tuple[str, dict]:
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        traced = torch.jit.trace(loaded.module, example, check_trace=False)
-        frozen = torch.jit.freeze(traced.eval())
-        torch.jit.save(frozen, str(out / MAIN))
-    return MAIN, {"exporter": "torch.jit.trace + torch.jit.freeze"}
+@register_exporter
+class TorchScriptExporter(Exporter):
+    FORMAT = "torchscript"
 
+    def export(self, loaded, spec, out: Path, example: torch.Tensor, *, cache, progress
+               ) -> tuple[str, dict]:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            traced = torch.jit.trace(loaded.module, example, check_trace=False)
+            frozen = torch.jit.freeze(traced.eval())
+            torch.jit.save(frozen, str(out / MAIN))
+        return MAIN, {"exporter": "torch.jit.trace + torch.jit.freeze"}
 
-def load(path: Path, device: str, fields: dict):
-    with warnings.catch_warnings():
-        # torch.jit is deprecated, but it is the artifact asked for
-        warnings.simplefilter("ignore", FutureWarning)
-        module = torch.jit.load(str(path), map_location=device).eval()
+    def load(self, path: Path, device: str, fields: dict):
+        with warnings.catch_warnings():
+            # torch.jit is deprecated, but it is the artifact asked for
+            warnings.simplefilter("ignore", FutureWarning)
+            module = torch.jit.load(str(path), map_location=device).eval()
 
-    def run(x: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            return module(x)
+        def run(x: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():
+                return module(x)
 
-    run.module = module  # type: ignore[attr-defined]
-    return run
+        run.module = module  # type: ignore[attr-defined]
+        return run
