@@ -17,7 +17,9 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 
@@ -28,7 +30,7 @@ from densebench.config import RunConfig
 from densebench.devices import resolve_device
 from densebench.environment import fingerprint, host_identity
 from densebench.errors import interrupted, one_line, threads_warning
-from densebench.executors import Job, get_executor
+from densebench.executors import Task, get_executor
 from densebench.exporters import export_artifact, key_fields
 from densebench.models import check_image_size, load_model, model_stats
 from densebench.prepare import artifact_spec, prepare_variant
@@ -44,30 +46,58 @@ EXPORT_VARIANT = "densebench.pipeline:export_variant"
 MAX_EXPORT_LANES = 4  # exports side by side at most (each holds a model and its compiler)
 
 
-# ============================================================================ the job
+# ============================================================================ the jobs
+
+
+@dataclass
+class MeasureTask(Task):
+    """One variant's cells, measured in its worker: the payload of a run's or a sweep's job."""
+
+    TARGET: ClassVar[str] = MEASURE_VARIANT
+    config: dict  # RunConfig.to_dict()
+    variant: str  # its label
+    device: str
+    threads: int | None  # None: the node's default
+    settings: dict  # the scenario's settings
+    cells: list[dict]  # planned (Cell.to_dict())
+    run_dir: str
+    skip_unsupported: bool = False  # a sweep's: a node that cannot run it skips its cells
+
+
+@dataclass
+class ExportTask(Task):
+    """One artifact of the export phase: the payload of an export job."""
+
+    TARGET: ClassVar[str] = EXPORT_VARIANT
+    config: dict
+    variants: list[str]  # every variant of the run that uses this artifact
+    device: str
+    threads: int
+    image_size: int
 
 
 def measure_variant(payload: dict, emit: Emit) -> None:
     """One variant's planned cells: prepare it, then let the scenario measure them."""
-    cfg = RunConfig(**payload["config"])
-    variant = get_variant(payload["variant"])
-    threads = payload["threads"] or torch.get_num_threads()  # None: this node's default
+    task = MeasureTask.from_payload(payload)
+    cfg = RunConfig(**task.config)
+    variant = get_variant(task.variant)
+    threads = task.threads or torch.get_num_threads()  # None: this node's default
     torch.set_num_threads(threads)
     host = host_identity()  # where this job really runs (a remote node, say)
     worker = worker_identity(threads)
     cells = [Cell.from_dict({**c, "host": host, "threads": threads, "worker": worker})
-             for c in payload["cells"]]
+             for c in task.cells]
     label = variant.label
-    why = get_backend(variant.backend).supported(variant, payload["device"])
-    if why is not None and payload.get("skip_unsupported"):  # a sweep: this node can't
+    why = get_backend(variant.backend).supported(variant, task.device)
+    if why is not None and task.skip_unsupported:  # a sweep: this node can't
         for c in cells:
             emit({"event": "cell", "cell": dataclasses.replace(
                 c, status="skipped", error=why).to_dict()})
         return
-    scenario, workdir = get_scenario(cfg.scenario), Path(payload["run_dir"])
+    scenario, workdir = get_scenario(cfg.scenario), Path(task.run_dir)
     try:
         prepared = prepare_variant(
-            variant, cfg.model_ref(), payload["device"], threads,
+            variant, cfg.model_ref(), task.device, threads,
             phase=lambda name: emit({"event": "phase", "variant": label, "phase": name}),
             **scenario.prepare_options(workdir, label))
     except Exception as e:
@@ -75,19 +105,20 @@ def measure_variant(payload: dict, emit: Emit) -> None:
             emit({"event": "cell", "cell": c.failed(one_line(e)).to_dict()})
         return
     emit({"event": "variant", "variant": label, "info": prepared.info()})
-    scenario.run(prepared, cells, payload["settings"], emit, workdir)
+    scenario.run(prepared, cells, task.settings, emit, workdir)
 
 
 def export_variant(payload: dict, emit: Emit) -> None:
     """One artifact of the run's export phase, into the cache; says how it went in an
     ``exported`` event (``export_s`` and ``key``, or ``error``)."""
-    cfg = RunConfig(**payload["config"])
-    torch.set_num_threads(payload["threads"])
-    variants = payload["variants"]  # every variant of the run that uses this artifact
+    task = ExportTask.from_payload(payload)
+    cfg = RunConfig(**task.config)
+    torch.set_num_threads(task.threads)
+    variants = task.variants
     variant = get_variant(variants[0])
     t0 = time.perf_counter()
     try:
-        spec = artifact_spec(variant, cfg.model_ref(), payload["device"], payload["image_size"])
+        spec = artifact_spec(variant, cfg.model_ref(), task.device, task.image_size)
         art, cached = export_artifact(spec, progress=lambda what: emit(
             {"event": "phase", "variant": variant.label, "phase": what}))
     except Exception as e:
@@ -131,12 +162,10 @@ def export_ahead(cfg: RunConfig, variants: list, device: str, loaded, image_size
     # base: started together they would hold two lanes for the work of one)
     groups = sorted(missing.values(),
                     key=lambda vs: (vs[0].artifact[0] != "aoti", vs[0].artifact[1] != "fp32"))
-    jobs = [Job(name=f"export-{vs[0].label}", target=EXPORT_VARIANT, timeout=cfg.timeout,
-                payload={"config": config, "variants": [v.label for v in vs],
-                         "device": device, "image_size": image_size,
-                         "threads": max(1, cores // lanes)})
-            for vs in groups]
-    emit({"event": "export_ahead", "variants": [j.payload["variants"][0] for j in jobs],
+    jobs = [ExportTask(config=config, variants=[v.label for v in vs], device=device,
+                       threads=max(1, cores // lanes), image_size=image_size)
+            .job(f"export-{vs[0].label}", timeout=cfg.timeout) for vs in groups]
+    emit({"event": "export_ahead", "variants": [vs[0].label for vs in groups],
           "lanes": lanes})
     outcome: dict[str, dict] = {}
 
@@ -275,11 +304,10 @@ def execute(cfg: RunConfig, *, kind: str = "benchmark", header: dict | None = No
                               .to_dict()})
                 continue
             name = v.label if repeats == 1 else f"{v.label}.{r + 1}"
-            job = Job(name=name, target=MEASURE_VARIANT, cells=cells, timeout=cfg.timeout,
-                      payload={"config": config, "variant": v.label, "device": device,
-                               "threads": threads, "settings": settings, "cells": cells,
-                               "run_dir": str(rec.path)})
-            executor.run(job, on_event)
+            task = MeasureTask(config=config, variant=v.label, device=device,
+                               threads=threads, settings=settings, cells=cells,
+                               run_dir=str(rec.path))
+            executor.run(task.job(name, timeout=cfg.timeout), on_event)
     except KeyboardInterrupt as e:
         rec.finish("incomplete")
         raise interrupted(e, f"run {rec.id} kept its {sum(c.ok for c in rec.cells)} "

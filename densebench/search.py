@@ -21,8 +21,10 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 from densebench.errors import bad_setting, check_threads, interrupted, one_line
+from densebench.executors import Task
 from densebench.prepare import ModelRef
 from densebench.results.schema import Cell
 
@@ -105,6 +107,23 @@ class SearchConfig:
 # ============================================================================ one combination
 
 
+@dataclass
+class SearchTask(Task):
+    """One (variant, max batch, instances) combination, probed in its worker: the payload
+    of a search's job."""
+
+    TARGET: ClassVar[str] = SEARCH_COMBINATION
+    config: dict  # SearchConfig, asdict
+    variant: str
+    device: str
+    threads: int  # per instance
+    max_batch: int
+    instances: int
+    cells: list[dict]  # the one planned cell
+    run_dir: str
+    deadline: float | None = None  # time.time() past which no probe starts (max_time)
+
+
 def search_combination(payload: dict, emit: Emit) -> None:
     """Probe one (variant, max batch, instances) combination; emit its probes and a cell."""
     from densebench.environment import host_identity
@@ -120,20 +139,20 @@ def search_combination(payload: dict, emit: Emit) -> None:
     from densebench.variants import get_variant
 
     lg = require_loadgen()
-    cfg = SearchConfig(**payload["config"])
-    variant = get_variant(payload["variant"])
-    planned = Cell.from_dict({**payload["cells"][0], "host": host_identity()})
-    max_batch, instances = payload["max_batch"], payload["instances"]
-    deadline = payload.get("deadline")
-    workdir = Path(payload["run_dir"])
+    task = SearchTask.from_payload(payload)
+    cfg = SearchConfig(**task.config)
+    variant = get_variant(task.variant)
+    planned = Cell.from_dict({**task.cells[0], "host": host_identity()})
+    max_batch, instances, deadline = task.max_batch, task.instances, task.deadline
+    workdir = Path(task.run_dir)
     label = f"{variant.label} b{max_batch} x{instances}"
 
     def phase(name: str) -> None:
         emit({"event": "phase", "variant": label, "phase": name})
 
     try:
-        prepared = prepare_variant(variant, cfg.model_ref(), payload["device"],
-                                   payload["threads"], phase=phase)
+        prepared = prepare_variant(variant, cfg.model_ref(), task.device, task.threads,
+                                   phase=phase)
         phase("sample library")
         library = SampleLibrary.build(prepared, cfg.samples, cfg.data)
         sessions = prepared.sessions(instances)
@@ -155,7 +174,7 @@ def search_combination(payload: dict, emit: Emit) -> None:
         nonlocal best
         s = {"samples": cfg.samples, "max_batch": max_batch,
              "batch_timeout_ms": cfg.batch_timeout_ms, "instances": instances,
-             "threads_per_instance": payload["threads"],
+             "threads_per_instance": task.threads,
              "duration_ms": int(cfg.probe_duration * 1000), "min_query_count": min_queries,
              "official": False, "accuracy": False, "data": cfg.data, "target_qps": qps,
              "max_duration_ms": int(max(1.0, deadline - time.time()) * 1000)
@@ -260,7 +279,7 @@ def run_search(cfg: SearchConfig, *, progress: Emit | None = None, store=None):
 
     from densebench.devices import resolve_device
     from densebench.environment import fingerprint, host_identity
-    from densebench.executors import Job, get_executor
+    from densebench.executors import get_executor
     from densebench.models import check_image_size, load_model
     from densebench.results.store import RunStore
     from densebench.scenarios.loadgen import check_cores
@@ -313,13 +332,11 @@ def run_search(cfg: SearchConfig, *, progress: Emit | None = None, store=None):
             if deadline is not None and time.time() >= deadline:
                 rec.add_cell(cell.failed("not searched: time limit (max_time) reached"))
                 continue
-            cells = [cell.to_dict()]
-            executor.run(Job(name=f"search-{_safe(v.label)}-b{b}-x{n}",
-                             target=SEARCH_COMBINATION, cells=cells, timeout=cfg.timeout,
-                             payload={"config": config, "variant": v.label, "device": device,
-                                      "threads": threads, "max_batch": b, "instances": n,
-                                      "cells": cells, "deadline": deadline,
-                                      "run_dir": str(rec.path)}), on_event)
+            task = SearchTask(config=config, variant=v.label, device=device, threads=threads,
+                              max_batch=b, instances=n, cells=[cell.to_dict()],
+                              run_dir=str(rec.path), deadline=deadline)
+            executor.run(task.job(f"search-{_safe(v.label)}-b{b}-x{n}", timeout=cfg.timeout),
+                         on_event)
     except KeyboardInterrupt as e:
         rec.finish("incomplete")
         raise interrupted(e, f"search {rec.id} kept its finished combinations and every "

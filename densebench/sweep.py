@@ -25,6 +25,7 @@ from pathlib import Path
 
 from densebench.durations import duration_ms, seconds
 from densebench.errors import ConfigError
+from densebench.pipeline import MeasureTask
 from densebench.scenarios import get_scenario, unknown_setting
 
 # file key -> the cell's field it sets
@@ -172,8 +173,6 @@ class Sweep:
     def jobs(self, run_dir: Path, host: dict | None) -> list:
         """The jobs, rounds interleaved (every group once, then again for each repeat).
         ``host``: stamped on the planned cells (an executor with nodes stamps its own)."""
-        from densebench.executors import Job
-        from densebench.pipeline import MEASURE_VARIANT
         from densebench.scenarios import get_scenario
         from densebench.variants import get_variant
 
@@ -204,12 +203,11 @@ class Sweep:
                     env.update(OMP_NUM_THREADS=str(c.threads), MKL_NUM_THREADS=str(c.threads))
                 if c.device == "cpu":
                     env["CUDA_VISIBLE_DEVICES"] = ""  # a CPU cell sees no GPU
-                jobs.append(Job(
-                    name=name, target=MEASURE_VARIANT, cells=cells, timeout=cfg.timeout,
-                    env=env, needs={"gpu": c.device.startswith("cuda"), "labels": labels},
-                    payload={"config": asdict(cfg), "variant": c.variant, "device": c.device,
-                             "threads": c.threads, "settings": settings, "cells": cells,
-                             "run_dir": str(run_dir), "skip_unsupported": True}))
+                task = MeasureTask(config=asdict(cfg), variant=c.variant, device=c.device,
+                                   threads=c.threads, settings=settings, cells=cells,
+                                   run_dir=str(run_dir), skip_unsupported=True)
+                jobs.append(task.job(name, timeout=cfg.timeout, env=env, needs={
+                    "gpu": c.device.startswith("cuda"), "labels": labels}))
         seen: dict[str, int] = {}
         for j in jobs:  # names key log files: keep them apart
             seen[j.name] = seen.get(j.name, 0) + 1
@@ -556,8 +554,9 @@ def run_sweep(sweep: Sweep, *, executor: str = "local", address: str | None = No
         ex.run_all(jobs, on_event, done=done, placement=sweep.placement,
                     start=lambda n: emit({"event": "start", "run": rec.id,
                                           "path": str(rec.path), "cells": n,
-                                          "variants": sorted({j.payload["variant"]
-                                                              for j in jobs}),
+                                          "variants": sorted({
+                                              MeasureTask.from_payload(j.payload).variant
+                                              for j in jobs}),
                                           "resumed": resume is not None}))
     except KeyboardInterrupt as e:
         from densebench.errors import interrupted
@@ -599,7 +598,8 @@ def plan(sweep: Sweep, *, executor: str = "local", address: str | None = None,
             per_job = 1.0 if sweep.placement == "any" else \
                 sum(len(f) for f in fits) / max(len(jobs), 1)
         for i, job in enumerate(jobs):
-            if job.payload["cells"][0]["repeat"] != 0:
+            task = MeasureTask.from_payload(job.payload)
+            if task.cells[0]["repeat"] != 0:
                 continue
             if nodes:
                 names = [n.describe() for n in fits[i]]
@@ -608,13 +608,13 @@ def plan(sweep: Sweep, *, executor: str = "local", address: str | None = None,
                 from densebench.backends import get_backend
                 from densebench.variants import get_variant
 
-                v = get_variant(job.payload["variant"])
-                why = get_backend(v.backend).supported(v, job.payload["device"])
+                v = get_variant(task.variant)
+                why = get_backend(v.backend).supported(v, task.device)
                 where = [platform.node() + (f" (skipped: {why})" if why else "")]
             for c in job.cells:
                 rows.append({k: c[k] for k in ("variant", "model", "batch_size", "mode",
                                                 "scenario", "device")}
-                            | {"image_size": job.payload["config"]["image_size"],
+                            | {"image_size": task.config["image_size"],
                                "threads": c["threads"], "runs_on": where})
         return {"file": sweep.path, "cells": rows, "jobs": len(jobs),
                 "placement": sweep.placement, "slots": slots, "warnings": warnings,

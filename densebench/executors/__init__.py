@@ -1,7 +1,9 @@
 """Executors: where a job runs. One method, ``run(job, on_event)``.
 
 A ``Job`` is plain data: a ``target`` (``"module:function"``, called as
-``function(payload, emit)``), its ``payload``, and the cells it is planned to produce.
+``function(payload, emit)``), its ``payload`` (a ``Task`` subclass's fields, built with
+``Task.job`` and read back with ``Task.from_payload``), and the cells it is planned to
+produce.
 Events are plain dicts streamed back to ``on_event`` as they happen (``phase``,
 ``progress``, ``variant``, ``cell``). Whatever happens to the job (an exception, a crash,
 a kill, a timeout), every planned cell it did not report comes back as a failed cell with
@@ -47,6 +49,25 @@ class Job:
     @classmethod
     def from_dict(cls, d: dict) -> Job:
         return cls(**d)
+
+
+@dataclass
+class Task:
+    """A job's payload as a typed record (a subclass per job target, ``TARGET`` naming
+    it): it travels as plain data, ``asdict``, across the process and Ray boundary, and the
+    target reads it back with ``from_payload``. A task with ``cells`` gives them to its job."""
+
+    TARGET: ClassVar[str] = ""
+
+    def job(self, name: str, *, timeout: float | None = None, env: dict | None = None,
+            needs: dict | None = None) -> Job:
+        return Job(name=name, target=self.TARGET, payload=asdict(self),
+                   cells=list(getattr(self, "cells", [])), timeout=timeout, env=env or {},
+                   needs=needs or {})
+
+    @classmethod
+    def from_payload(cls, payload: dict):
+        return cls(**payload)
 
 
 class Executor:
