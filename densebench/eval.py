@@ -11,6 +11,7 @@ one pipeline (``pipeline.execute``) runs each variant in its own worker process,
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 import torchvision
@@ -98,8 +99,15 @@ def run_eval(cfg: EvalConfig, *, progress: Emit | None = None):
         "classes": ds.num_classes, "notes": ds.notes,
         "split": cfg.split if source.kind == "cifar10" else None}}
 
-    def keep_images(rec) -> None:  # where every variant's worker reads them
-        torch.save(batches, rec.path / INPUTS)
+    kept: list[Path] = []
 
-    return execute(run_cfg, kind="eval", header=header, on_created=keep_images,
-                   progress=progress)
+    def keep_images(rec) -> None:  # where every variant's worker reads them, while it runs
+        kept.append(rec.path / INPUTS)
+        torch.save(batches, kept[0])
+
+    try:
+        return execute(run_cfg, kind="eval", header=header, on_created=keep_images,
+                       progress=progress)
+    finally:  # the run keeps its results, not a copy of the dataset
+        for f in kept:
+            f.unlink(missing_ok=True)

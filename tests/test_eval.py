@@ -15,7 +15,7 @@ from densebench.data import Source, load
 from densebench.models import load_model
 from densebench.parity import ParityAccumulator
 from densebench.results.store import RunStore
-from densebench.scenarios.eval import topk_correct, wilson_interval
+from densebench.scenarios.eval import INPUTS, topk_correct, wilson_interval
 
 from .conftest import blocked_at, run_cli_process, wait_for
 
@@ -140,6 +140,7 @@ def test_meaningful_accuracy_with_a_weights_file_and_stored_run(cli, workdir):
     csv = pd.read_csv(rec.path / "results.csv")
     assert csv["accuracy_top1"].notna().all() and len(csv) == 2
     assert cli("show", "ev").exit_code == 0
+    assert not (rec.path / INPUTS).exists()  # the workers' copy of the images is gone
 
 
 def test_synthetic_is_parity_only(cli, workdir):
@@ -252,3 +253,4 @@ def test_ctrl_c_during_eval_keeps_the_finished_variants(workdir, tmp_path):
     rec = RunStore().load("cut")
     assert rec.status == "incomplete"
     assert [(c.variant, c.status) for c in rec.cells] == [("eager", "ok")]
+    assert not (rec.path / INPUTS).exists()
