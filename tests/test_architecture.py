@@ -26,6 +26,9 @@ from .conftest import SLEEPY, TINY_SIZE, run_cli_process
 FIXTURES = Path(__file__).parent / "fixtures" / "v1"
 V1_RUN = "20261201-011644-e4cc"  # densenet-tiny 32 px, eager + onnxruntime, batch 1 and 2
 V1_EVAL = "20261201-011705-43d7"
+V2 = Path(__file__).parent / "fixtures" / "v2"
+V2_RUN = "20261203-174228-9aa7"  # densenet-tiny 32 px, eager + onnxruntime, batch 1, 2; 2 repeats
+V2_EVAL = "20261203-174403-8756"
 
 
 def _sleepy_run(**kw) -> object:
@@ -140,6 +143,42 @@ def test_v1_runs_load_show_compare_and_report(cli, workdir):
     assert "v1-fixture" in (workdir / "report" / "index.html").read_text()
     assert _digest(runs / V1_RUN) == {k[len(V1_RUN) + 1:]: v for k, v in before.items()
                                       if k.startswith(V1_RUN)}  # read, never rewritten
+
+
+def test_v2_runs_made_by_this_code_load_show_compare_and_report(cli, workdir):
+    """Schema-2 runs as densebench wrote them (tests/fixtures/v2) stay readable as they are:
+    a change to the stored format must come with its migration from 2."""
+    runs = workdir / "runs"
+    runs.mkdir()
+    for name in (V2_RUN, V2_EVAL):
+        shutil.copytree(V2 / name, runs / name)
+    shutil.copytree(FIXTURES / V1_RUN, runs / V1_RUN)
+    before = _digest(runs)
+    v2 = load_run(runs / V2_RUN)
+    assert v2.data["schema_version"] == SCHEMA_VERSION and "migrated_from" not in v2.data
+    assert len(v2.cells) == 16 and all(c.ok and c.stats["n"] == 40 for c in v2.cells)
+    assert sorted((c.variant, c.batch_size, c.mode, c.repeat) for c in v2.cells) == sorted(
+        (v, b, m, r) for v in ("eager", "onnxruntime") for b in (1, 2)
+        for m in ("e2e", "model") for r in (0, 1))
+    assert all(c.host["machine_id"] and c.worker for c in v2.cells)
+    ev = load_run(runs / V2_EVAL)
+    assert {c.scenario for c in ev.cells} == {"eval"} and ev.data["data"]["images"] == 16
+    assert all(c.accuracy is None and c.parity["images"] == 16 for c in ev.cells)  # synthetic
+    assert {c.variant: bool(within(c.precision, c.parity)) for c in ev.cells} == {
+        "eager": True, "onnxruntime": True}
+
+    r = cli("show", "v2-fixture")
+    assert r.exit_code == 0 and "onnxruntime" in r.stdout and "v2-fixture" in r.stdout
+    r = cli("show", "v2-eval")
+    assert r.exit_code == 0 and "onnxruntime" in r.stdout
+    j = json.loads(cli("compare", "v1-fixture", "v2-fixture", "--format", "json").stdout)
+    assert len(j["rows"]) == 8 and not j["unmatched"]
+    assert {(row["variant"], row["batch_size"], row["mode"]) for row in j["rows"]} == {
+        (v, b, m) for v in ("eager", "onnxruntime") for b in (1, 2) for m in ("e2e", "model")}
+    r = cli("report", "v2-fixture", "v2-eval", "--out", workdir / "report")
+    assert r.exit_code == 0, r.stderr
+    assert "v2-fixture" in (workdir / "report" / "index.html").read_text()
+    assert _digest(runs) == before  # read, never rewritten
 
 
 def test_progress_lines_when_stderr_is_a_pipe(workdir):
