@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -19,6 +22,31 @@ TINY_SIZE = 32  # the smallest input densenet-tiny takes: fast
 # the test runtime (known service time) and the pool-tiny model, registered as a plugin in
 # this process and, through the environment, in every worker process
 SLEEPY = REPO / "tests" / "plugins" / "sleepy.py"
+
+
+_SESSION_DIR: Path | None = None
+
+
+def pytest_configure(config):
+    """Each test session gets its own Inductor cache and Ray temp directory (set in the
+    environment, so every worker process, ``ray start`` and Ray task the tests start uses
+    them too): an earlier session's compiled kernels or a user's Ray cluster never decide
+    a result. Ray's socket paths must fit 107 bytes, so the directory is short, in /tmp.
+
+    ``DENSEBENCH_TEST_PRETEND_CUDA=1`` makes ``torch.cuda.is_available()`` answer True in
+    the test process (off by default): a run of the suite that way shows which tests would
+    change meaning on a GPU host (``--device auto`` picking cuda, GPU tests selected)."""
+    global _SESSION_DIR
+    _SESSION_DIR = Path(tempfile.mkdtemp(prefix="dbtest", dir="/tmp"))
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(_SESSION_DIR / "inductor")
+    os.environ["RAY_TMPDIR"] = str(_SESSION_DIR)
+    if os.environ.get("DENSEBENCH_TEST_PRETEND_CUDA") == "1":
+        torch.cuda.is_available = lambda: True
+
+
+def pytest_unconfigure(config):
+    if _SESSION_DIR is not None:
+        shutil.rmtree(_SESSION_DIR, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -70,9 +98,10 @@ def cli():
     return invoke
 
 
-def run_cli_process(*args, env=None, **kw) -> subprocess.Popen:
-    """The real console entry point in a subprocess (for locking, signals, crashes)."""
-    full_env = {**os.environ, **(env or {})}
+def run_cli_process(*args, env=None, unset=(), **kw) -> subprocess.Popen:
+    """The real console entry point in a subprocess (for locking, signals, crashes), with
+    ``env`` added to this process's environment and the variables ``unset`` names removed."""
+    full_env = {k: v for k, v in {**os.environ, **(env or {})}.items() if k not in unset}
     return subprocess.Popen([sys.executable, "-m", "densebench", *map(str, args)], env=full_env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
 
@@ -96,3 +125,30 @@ def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 180) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"{path.name} not reached in {timeout} s")
         time.sleep(0.1)
+
+
+def plain_sleep_ms(ms: float, n: int = 20) -> float:
+    """The median of ``n`` plain ``time.sleep(ms)`` calls timed here: what the host's load
+    makes of that sleep right now, without densebench."""
+    import statistics
+    import time
+
+    took = []
+    for _ in range(n):
+        t0 = time.perf_counter_ns()
+        time.sleep(ms / 1e3)
+        took.append((time.perf_counter_ns() - t0) / 1e6)
+    return statistics.median(took)
+
+
+@contextlib.contextmanager
+def environment_kept():
+    """The process environment as it was, after the block: ``ray.init`` in this process
+    sets RAY_AUTH_MODE=token (and more) in it and leaves them set, which every later
+    test's subprocesses would inherit."""
+    saved = dict(os.environ)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)

@@ -14,9 +14,10 @@ import pytest
 from densebench.results.store import RunStore
 from densebench.sweep import parse_sweep, run_sweep
 
-from .conftest import TINY_SIZE, run_cli_process
+from .conftest import TINY_SIZE, environment_kept, run_cli_process
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed")
+pytestmark = pytest.mark.ray
 
 FAST = {"warmup": 1, "min_time": 0.05, "min_iters": 3}
 
@@ -24,10 +25,11 @@ FAST = {"warmup": 1, "min_time": 0.05, "min_iters": 3}
 @pytest.fixture(scope="module")
 def cluster():
     """A local one-node Ray cluster with 2 CPUs, for this module."""
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             logging_level="ERROR")
-    yield ray.get_runtime_context().gcs_address
-    ray.shutdown()
+    with environment_kept():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+                 logging_level="ERROR")
+        yield ray.get_runtime_context().gcs_address
+        ray.shutdown()
 
 
 def _summary(rec) -> list:

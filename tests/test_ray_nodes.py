@@ -9,7 +9,10 @@ import pytest
 from densebench.results.store import RunStore
 from densebench.sweep import parse_sweep, run_sweep
 
+from .conftest import environment_kept
+
 ray = pytest.importorskip("ray", reason="the ray extra is not installed")
+pytestmark = pytest.mark.ray
 
 FAST = {"warmup": 1, "min_time": 0.05, "min_iters": 3}
 
@@ -18,14 +21,15 @@ FAST = {"warmup": 1, "min_time": 0.05, "min_iters": 3}
 def two_nodes():
     from ray.cluster_utils import Cluster
 
-    c = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 1, "resources": {"small": 1}, "include_dashboard": False})
-    c.add_node(num_cpus=1, resources={"big": 1}, env_vars={"SLEEPY_FLAGS": "bf16"})
-    ray.init(address=c.address, log_to_driver=False, logging_level="ERROR")
-    c.wait_for_nodes()
-    yield c
-    ray.shutdown()
-    c.shutdown()
+    with environment_kept():
+        c = Cluster(initialize_head=True, head_node_args={
+            "num_cpus": 1, "resources": {"small": 1}, "include_dashboard": False})
+        c.add_node(num_cpus=1, resources={"big": 1}, env_vars={"SLEEPY_FLAGS": "bf16"})
+        ray.init(address=c.address, log_to_driver=False, logging_level="ERROR")
+        c.wait_for_nodes()
+        yield c
+        ray.shutdown()
+        c.shutdown()
 
 
 def test_cells_go_where_the_targets_say_and_compare_across_nodes(two_nodes, workdir, cli):

@@ -25,8 +25,11 @@ A node's labels are its custom resources (``ray start --resources '{"zen4": 1}'`
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import sys
+import tempfile
 import time
 from collections.abc import Callable
 
@@ -99,6 +102,7 @@ class RayExecutor(Executor):
         self.cells_per_node = cells_per_node
         self.nodes: list[Node] | None = None
         self._connected_here = False
+        self._environ: dict | None = None
 
     # ------------------------------------------------------------------ the cluster
 
@@ -108,12 +112,24 @@ class RayExecutor(Executor):
         ray = require_ray()
         if not ray.is_initialized():
             address = reachable(self.address)  # Ray itself retries a dead one for minutes
-            try:
-                ray.init(address=address, include_dashboard=False, log_to_driver=False,
-                         logging_level="ERROR", configure_logging=True)
-            except Exception as e:  # ConnectionError, or a timeout reaching the GCS
+            self._environ = dict(os.environ)  # ray.init sets RAY_AUTH_MODE and more in it
+            with _stderr_kept() as said:  # Ray's own C++ log lines: read, not shown
+                try:
+                    ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                             logging_level="ERROR", configure_logging=True)
+                    failed = None
+                except Exception as e:  # ConnectionError, or a timeout reaching the GCS
+                    failed = e
+            if failed is not None:
+                if "InvalidAuthToken" in "".join(said):
+                    raise ConfigError(
+                        f"address: the Ray cluster at {address} refused this process: it "
+                        "wants the cluster's authentication token (`ray start --head` turns "
+                        "token authentication on): set RAY_AUTH_MODE=token, with the token in "
+                        "~/.ray/auth_token, $RAY_AUTH_TOKEN or $RAY_AUTH_TOKEN_PATH",
+                        setting="address") from None
                 raise ConfigError(f"address: no Ray cluster reachable at {self.address} "
-                                  f"({one_line(e)[:160]}): {START_HINT}",
+                                  f"({one_line(failed)[:160]}): {START_HINT}",
                                   setting="address") from None
             self._connected_here = True
         nodes = []
@@ -189,6 +205,10 @@ class RayExecutor(Executor):
         if self._connected_here:
             require_ray().shutdown()
             self._connected_here = False
+        if self._environ is not None:  # as it was before this executor connected
+            os.environ.clear()
+            os.environ.update(self._environ)
+            self._environ = None
 
     # ------------------------------------------------------------------ running
 
@@ -292,6 +312,25 @@ class RayExecutor(Executor):
         node.running -= 1
 
 
+@contextlib.contextmanager
+def _stderr_kept():
+    """Standard error (the file descriptor: Ray's C++ core writes there) into a file while
+    the block runs; yields a list that holds what was written once the block ends."""
+    said: list[str] = []
+    with tempfile.TemporaryFile(mode="w+b") as kept:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(kept.fileno(), 2)
+        try:
+            yield said
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            kept.seek(0)
+            said.append(kept.read().decode(errors="replace"))
+
+
 def reachable(address: str, timeout: float = 5.0) -> str:
     """The GCS address ``address`` names (``auto``: $RAY_ADDRESS, or the cluster this
     machine started last), checked to accept connections; a ConfigError otherwise."""
@@ -342,7 +381,6 @@ def _probe() -> dict:
 def _task(job: dict, gpu: bool):
     """Run ``job`` in densebench's own worker process on this node; yield its events."""
     import queue
-    import tempfile
     import threading
     from pathlib import Path
 
