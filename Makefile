@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.densebench-installed
 TEST_STAMP := $(VENV)/.densebench-test-installed
 PERF_STAMP := $(VENV)/.densebench-perf-installed
 
-.PHONY: install bench bench-full test lint perf gpu-check clean
+.PHONY: install bench bench-full test test-quick lint perf gpu-check clean
 
 install: $(STAMP)
 
@@ -55,6 +55,10 @@ gpu-check:
 
 test: $(TEST_STAMP)
 	$(BIN)/python -m pytest -q
+
+# The edit-test loop: everything but full-size models, Ray clusters and LoadGen runs
+test-quick: $(TEST_STAMP)
+	$(BIN)/python -m pytest -q -m "not slow and not ray and not loadgen"
 
 lint: $(TEST_STAMP)
 	$(BIN)/ruff check densebench tests scripts
