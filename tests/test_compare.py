@@ -3,6 +3,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 
 import numpy as np
 import pytest
@@ -154,7 +155,32 @@ def test_report_writes_png_and_html(cli, fixture_runs, workdir):
     assert page.startswith("<!doctype html>") and page.rstrip().endswith("</html>")
     for name in ("throughput.png", "parity.png", "eager", "onnxruntime"):
         assert name in page
+    assert _unbalanced_tags(page) == []
+    imgs = re.findall(r"<img[^>]*src=['\"]([^'\"]+)['\"]", page)
+    assert imgs and all((workdir / "rep" / src).is_file() for src in imgs)  # no broken image
+    assert cli("report", "nope", "--out", workdir / "x").exit_code == 1
+
+
+def _unbalanced_tags(page: str) -> list[str]:
+    """What is wrong with the nesting of ``page``'s elements: a tag closed that is not the
+    innermost open one, or left open at the end (void elements excepted)."""
     from html.parser import HTMLParser
 
-    HTMLParser().feed(page)
-    assert cli("report", "nope", "--out", workdir / "x").exit_code == 1
+    void = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta",
+            "source", "track", "wbr"}
+    wrong: list[str] = []
+    stack: list[str] = []
+
+    class Nesting(HTMLParser):
+        def handle_starttag(self, tag, attrs):
+            if tag not in void:
+                stack.append(tag)
+
+        def handle_endtag(self, tag):
+            if not stack or stack[-1] != tag:
+                wrong.append(f"</{tag}> closes {stack[-1] if stack else 'nothing'}")
+            else:
+                stack.pop()
+
+    Nesting().feed(page)
+    return wrong + [f"<{t}> never closed" for t in stack]

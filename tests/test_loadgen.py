@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -15,8 +16,9 @@ from PIL import Image
 from densebench.results.store import RunStore, load_run
 from densebench.run import RunConfig, run_benchmark
 
-from .conftest import TINY_SIZE
+from .conftest import TINY_SIZE, plain_sleep_ms
 
+pytestmark = pytest.mark.loadgen
 CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 TINY = ["-m", "densenet-tiny", "--image-size", TINY_SIZE, "-v", "onnxruntime", "--samples",
@@ -72,8 +74,11 @@ def _sleepy(scenario, **kw):
 
 def test_offline_throughput_and_batches_match_the_service_time(workdir):
     c = _sleepy("offline", max_batch=[4])
-    # the sleep variant takes 4 ms + 1 ms per image: a batch of 4 is 8 ms, 500 samples/s
-    assert 0.8 * 500 < c.loadgen["samples_per_second"] <= 500 * 1.01
+    # the sleep variant takes 4 ms + 1 ms per image: a batch of 4 is 8 ms, 500 samples/s at
+    # most (sleep never returns early); at least 70% of what the batch time measured in
+    # this run's warm-up allows (the host's load slows both alike)
+    measured = 4 * 1000 / c.loadgen["warm_up_ms"]["batch_ms"]
+    assert 0.7 * measured < c.loadgen["samples_per_second"] <= 500 * 1.01, measured
     sizes = {int(k): n for k, n in c.loadgen["batch_sizes"].items()}
     assert sizes[4] >= sum(sizes.values()) - 1  # every batch full but perhaps the last
 
@@ -81,9 +86,10 @@ def test_offline_throughput_and_batches_match_the_service_time(workdir):
 def test_single_stream_latency_is_the_service_time(workdir):
     c = _sleepy("single-stream", max_batch=[4])
     one = c.loadgen["warm_up_ms"]["one_ms"]  # the session alone: 4 + 1 ms of sleep
-    assert 5.0 <= one < 6.0
-    # LoadGen's latency adds only the hand-offs between its thread and the batcher's
-    assert one <= c.stats["p50_ms"] < one + 4.0
+    assert 5.0 <= one < 1.6 * plain_sleep_ms(5.0)  # one call, timed as one
+    # LoadGen's latency adds only the hand-offs between its thread and the batcher's: a
+    # query kept waiting for a batch to fill or a second call would be twice the call
+    assert one <= c.stats["p50_ms"] < 2 * one
     assert c.loadgen["batch_sizes"] == {"1": c.loadgen["query_count"]}
 
 
@@ -95,13 +101,16 @@ def test_multi_stream_queries_split_into_full_batches(workdir):
 
 
 def test_server_batcher_waits_only_as_long_as_its_timeout(workdir):
+    def mean_batch(c) -> float:
+        sizes = {int(k): n for k, n in c.loadgen["batch_sizes"].items()}
+        return sum(k * n for k, n in sizes.items()) / sum(sizes.values())
+
+    # at 20 QPS a 5 ms call leaves the queue empty: batches of one (a batch forms only from
+    # what arrived during a call: about 1.1 at this load, 1.2 were the host to double it)
     no_wait = _sleepy("server", max_batch=[4], target_qps=20, batch_timeout_ms=0.0)
-    sizes = {int(k): n for k, n in no_wait.loadgen["batch_sizes"].items()}
-    assert sizes.get(1, 0) >= 0.9 * sum(sizes.values())  # at 20 QPS the queue is empty
     waits = _sleepy("server", max_batch=[4], target_qps=100, batch_timeout_ms=40.0)
-    sizes = {int(k): n for k, n in waits.loadgen["batch_sizes"].items()}
-    mean = sum(k * n for k, n in sizes.items()) / sum(sizes.values())
-    assert mean > 2.0  # ~4 arrivals per 40 ms gathered into batches
+    assert mean_batch(no_wait) < 1.5
+    assert mean_batch(waits) > 2.0  # ~4 arrivals per 40 ms gathered into batches
 
 
 def _md1_percentile(lam, service, pct, n=40_000, seed=0):
@@ -130,9 +139,12 @@ def test_search_finds_the_rate_queueing_predicts(cli, workdir):
     out = json.loads(r.stdout)
     (combo,) = out["combinations"]
     s = combo["search"]
-    predicted = _md1_max_rate(0.005, 0.030, 90)  # one sample: 5 ms; ~159 QPS
-    # steady-state M/D/1; a 1.5 s probe starts from an empty queue, so it can err high
-    assert 0.8 * predicted <= s["best_qps"] <= 1.25 * predicted, (s["best_qps"], predicted)
+    ideal = _md1_max_rate(0.005, 0.030, 90)  # one sample: 5 ms; ~159 QPS
+    # with the service time the search measured (the host's load makes it longer)
+    measured = _md1_max_rate(s["one_sample_ms"] / 1e3, 0.030, 90)
+    # steady-state M/D/1: a 1.5 s probe starts from an empty queue, so it can err high, but
+    # not past what a 5 ms call allows; low, only as far as the load changed during it
+    assert 0.7 * measured <= s["best_qps"] <= 1.25 * ideal, (s["best_qps"], measured, ideal)
     assert s["lowest_invalid_qps"] / s["best_qps"] - 1 <= 0.1 + 1e-9
     assert s["stopped"] == "bracket within precision"
     rec = RunStore().load(out["run"])
@@ -146,7 +158,7 @@ def test_search_finds_the_rate_queueing_predicts(cli, workdir):
     r = cli("report", out["run"], "--out", workdir / "rep")
     assert r.exit_code == 0 and (workdir / "rep" / "serving.png").stat().st_size > 5000
     shown = cli("show", out["run"]).stdout
-    assert "VALID" in shown
+    assert re.search(r"(?<!IN)VALID", shown), shown  # the best probe's verdict, not INVALID
 
 
 def test_search_says_when_no_load_meets_the_budget(cli, workdir):

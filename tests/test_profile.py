@@ -80,6 +80,17 @@ def test_ort_table_parser_on_hand_made_trace():
 
 
 @pytest.mark.slow
+def test_flops_counted_by_hand():
+    """A convolution and a linear layer, counted by hand: 2 FLOPs per multiply-add."""
+    from torch import nn
+
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.Flatten(),
+                        nn.Linear(8 * 8 * 8, 10))
+    conv = 2 * 8 * 8 * 8 * (3 * 3 * 3)  # per image: outputs (8 channels x 8 x 8) x 27 MACs
+    linear = 2 * (8 * 8 * 8) * 10
+    assert count_flops(net, 2, 8) == 2 * (conv + linear)
+
+
 def test_densenet121_flops_at_224():
     flops = count_flops(load_model("densenet121").module, 1, 224)
     assert flops == pytest.approx(2 * 2.87e9, rel=0.02)

@@ -44,11 +44,13 @@ class ExportProbe(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.compiler.is_exporting() or torch.jit.is_tracing():
-            how = os.environ.get("EXPORT_PROBE")
+            how = os.environ.get("EXPORT_PROBE", "")
             if how == "fail":
                 raise RuntimeError("EXPORT_PROBE: this model cannot be exported")
             if how == "slow":
                 time.sleep(60)
+            if how.startswith("block:"):  # block:FILE: in the export, for a test to interrupt
+                _arrived(how.removeprefix("block:"))
         return self.net(x)
 
 
@@ -63,6 +65,7 @@ class SleepSession(Session):
     base_ms: float = 0.0
     per_image_ms: float = 0.0
     num_classes: int = 1000
+    calls: int = 0  # so far: SLEEPY_BLOCK=VARIANT:callN:FILE blocks the N-th
 
     def service_ms(self, batch: int) -> float:
         return self.base_ms + self.per_image_ms * batch
@@ -71,6 +74,8 @@ class SleepSession(Session):
         return x
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        block_here(self.label.partition(":")[0], f"call{self.calls}")
         time.sleep(self.service_ms(len(x)) / 1e3)
         return torch.zeros(len(x), self.num_classes)
 
@@ -80,13 +85,18 @@ class SleepSession(Session):
 
 def block_here(variant: str, phase: str) -> None:
     """With $SLEEPY_BLOCK=VARIANT:PHASE:FILE, a worker that reaches PHASE for VARIANT
-    writes FILE (its pid) and blocks there until it is killed: a test interrupts the run at
-    a point it knows, instead of guessing it with a sleep."""
+    (``prepare``, or ``callN``: the session's N-th call) writes FILE (its pid) and blocks
+    there until it is killed: a test interrupts the run at a point it knows, instead of
+    guessing it with a sleep."""
     spec = os.environ.get("SLEEPY_BLOCK", "")
     want_variant, _, rest = spec.partition(":")
     want_phase, _, path = rest.partition(":")
-    if want_variant != variant or want_phase != phase or not path:
-        return
+    if want_variant == variant and want_phase == phase and path:
+        _arrived(path)
+
+
+def _arrived(path: str) -> None:
+    """Write ``path`` (this pid), atomically, then block until killed or interrupted."""
     with open(path + ".tmp", "w") as f:
         f.write(str(os.getpid()))
     os.replace(path + ".tmp", path)
