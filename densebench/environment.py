@@ -93,6 +93,8 @@ class HostLoad:
 def cpu_info() -> dict:
     ps = _psutil()
     model, flags = platform.processor() or platform.machine(), set()
+    numbers: dict[str, int | None] = {"family": None, "model_number": None, "stepping": None}
+    names = {"cpu family": "family", "model": "model_number", "stepping": "stepping"}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             key, _, value = line.partition(":")
@@ -101,6 +103,8 @@ def cpu_info() -> dict:
                 model = value.strip()
             elif key in ("flags", "Features") and not flags:
                 flags = set(value.split())
+            elif key in names and numbers[names[key]] is None and value.strip().isdigit():
+                numbers[names[key]] = int(value)  # the first core's: x86 family/model
     except OSError:
         pass
     freq = ps.cpu_freq() if ps else None
@@ -110,6 +114,7 @@ def cpu_info() -> dict:
         mem = ps.virtual_memory().total if ps else 0
     return {
         "model": model,
+        **numbers,  # what tells two CPUs of one marketing name apart (Zen 3 is family 25)
         "arch": platform.machine(),
         "flags": sorted(f for f in CPU_FLAGS_OF_INTEREST if f in flags),
         "logical_cores": os.cpu_count(),

@@ -31,7 +31,7 @@ from densebench.devices import resolve_device
 from densebench.environment import fingerprint, host_identity
 from densebench.errors import interrupted, one_line, threads_warning
 from densebench.executors import Task, get_executor
-from densebench.exporters import export_artifact, key_fields
+from densebench.exporters import export_artifact, get_exporter, key_fields
 from densebench.models import check_image_size, load_model, model_stats
 from densebench.prepare import artifact_spec, prepare_variant
 from densebench.processes import this_process_start, usable_cores
@@ -128,6 +128,15 @@ def export_variant(payload: dict, emit: Emit) -> None:
           "export_s": round(time.perf_counter() - t0, 3)})
 
 
+def export_order(groups: list[list]) -> list[list]:
+    """The export phase's order, each group the variants sharing one artifact: the compiled
+    packages first (the longest export starts at once, the others fill the other lanes),
+    then fp32 before what is quantized from it (an int8 export waits for its fp32 base:
+    started together they would hold two lanes for the work of one); otherwise as given."""
+    return sorted(groups, key=lambda vs: (not get_exporter(vs[0].artifact[0]).DEVICE_BOUND,
+                                          vs[0].artifact[1] != "fp32"))
+
+
 def export_ahead(cfg: RunConfig, variants: list, device: str, loaded, image_size: int,
                  executor, emit: Emit) -> dict[str, dict]:
     """Before anything is measured, export the artifacts the run needs and the cache lacks,
@@ -157,11 +166,7 @@ def export_ahead(cfg: RunConfig, variants: list, device: str, loaded, image_size
         return {}
     lanes = min(len(missing), cores, MAX_EXPORT_LANES)
     config = cfg.to_dict()
-    # the compiles first (the longest export starts at once, the others fill the other
-    # lanes), then fp32 before what is quantized from it (an int8 export waits for its fp32
-    # base: started together they would hold two lanes for the work of one)
-    groups = sorted(missing.values(),
-                    key=lambda vs: (vs[0].artifact[0] != "aoti", vs[0].artifact[1] != "fp32"))
+    groups = export_order(list(missing.values()))
     jobs = [ExportTask(config=config, variants=[v.label for v in vs], device=device,
                        threads=max(1, cores // lanes), image_size=image_size)
             .job(f"export-{vs[0].label}", timeout=cfg.timeout) for vs in groups]

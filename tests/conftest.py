@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -28,9 +29,9 @@ _SESSION_DIR: Path | None = None
 
 
 def pytest_configure(config):
-    """Each test session gets its own Inductor cache and Ray temp directory (set in the
-    environment, so every worker process, ``ray start`` and Ray task the tests start uses
-    them too): an earlier session's compiled kernels or a user's Ray cluster never decide
+    """Each test session gets its own Inductor cache, Ray temp directory and Ray token (set
+    in the environment, so every worker process, ``ray start`` and Ray task the tests start
+    uses them too): an earlier session's compiled kernels or a user's Ray cluster never decide
     a result. Ray's socket paths must fit 107 bytes, so the directory is short, in /tmp.
 
     ``DENSEBENCH_TEST_PRETEND_CUDA=1`` makes ``torch.cuda.is_available()`` answer True in
@@ -40,6 +41,12 @@ def pytest_configure(config):
     _SESSION_DIR = Path(tempfile.mkdtemp(prefix="dbtest", dir="/tmp"))
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(_SESSION_DIR / "inductor")
     os.environ["RAY_TMPDIR"] = str(_SESSION_DIR)
+    # Ray's clusters in the test process authenticate with a token, as Ray 2.60 starts
+    # local clusters: this session's, not one Ray would write into ~/.ray (and a process
+    # that once ran ray.init in token mode keeps that mode for its later clusters)
+    token = _SESSION_DIR / "ray_auth_token"
+    token.write_text(secrets.token_hex(32))
+    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token))
     if os.environ.get("DENSEBENCH_TEST_PRETEND_CUDA") == "1":
         torch.cuda.is_available = lambda: True
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import statistics
 from pathlib import Path
@@ -381,3 +382,34 @@ def test_a_plugin_adds_a_format_its_exporter_a_runtime_and_variants(workdir):
     assert all(c.status == "ok" and len(c.samples_ms) == 2 for c in swept)
     rows = json.loads(cli("artifacts", "--json").stdout)
     assert sorted(r["precision"] for r in rows if r["format"] == "npz") == ["fp16", "fp32"]
+
+
+def test_a_plugin_installed_with_an_entry_point_is_loaded_everywhere(workdir, tmp_path):
+    """A package that declares a `densebench.plugins` entry point (here a real dist-info on
+    the path, as pip writes it) is loaded by the CLI and by every worker process, with no
+    DENSEBENCH_PLUGINS."""
+    site = tmp_path / "site"
+    info = site / "ep_plugin-1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: ep-plugin\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[densebench.plugins]\nep = ep_plugin\n")
+    (site / "ep_plugin.py").write_text(
+        "from densebench.variants import Variant, register_variant\n"
+        "register_variant(Variant('eager-ep', 'eager', 'entry-point plugin: eager'))\n")
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(site),
+                                                      os.environ.get("PYTHONPATH")]))}
+    p = run_cli_process("variants", "--json", env=env, unset=("DENSEBENCH_PLUGINS",))
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 0, err
+    row = next(r for r in json.loads(out) if r["variant"] == "eager-ep")
+    assert row["backend"] == "eager" and row["supported"] is True
+    p = run_cli_process("run", "-m", "densenet-tiny", "--image-size", TINY_SIZE, "-v",
+                        "eager-ep", "-b", "1", "--mode", "model", "--iters", "2", "--warmup",
+                        "1", "--repeats", "1", "--device", "cpu", "--json", env=env,
+                        unset=("DENSEBENCH_PLUGINS",))
+    out, err = p.communicate(timeout=300)
+    assert p.returncode == 0, err
+    (cell,) = json.loads(out)["cells"]
+    assert cell["variant"] == "eager-ep" and cell["status"] == "ok"  # in its worker process
+    p = run_cli_process("variants", "--json", unset=("DENSEBENCH_PLUGINS",))
+    assert "eager-ep" not in p.communicate(timeout=120)[0]  # only where it is installed

@@ -184,3 +184,29 @@ def _unbalanced_tags(page: str) -> list[str]:
 
     Nesting().feed(page)
     return wrong + [f"<{t}> never closed" for t in stack]
+
+
+def test_cli_threshold_and_the_p99_metric(cli, workdir):
+    """`--threshold` moves the line below which no change is called, `--metric p99` judges
+    the tail: a run whose median is unchanged and whose slowest 2% doubled is slower on p99
+    only."""
+    rng = np.random.default_rng(7)
+    body = rng.normal(10.0, 0.05, 980).tolist()
+    a = _fixture_run("a", [("eager", 1, body + rng.normal(12.0, 0.05, 20).tolist())])
+    b = _fixture_run("b", [("eager", 1, body + rng.normal(24.0, 0.05, 20).tolist())])
+    c = _fixture_run("c", [("eager", 1, _noise(10.3, 1000, 3, sd=0.005))])  # +3% median
+    del a, b, c
+
+    def verdict(*args):
+        r = cli("compare", *args, "--format", "json")
+        assert r.exit_code == 0, r.stderr
+        (row,) = json.loads(r.stdout)["rows"]
+        return row["verdict"], row["ratio"]
+
+    assert verdict("a", "b")[0] == "no significant change"  # p50: the same body
+    v, ratio = verdict("a", "b", "--metric", "p99")
+    assert v == "slower" and ratio == pytest.approx(2.0, rel=0.05)
+    assert verdict("a", "c")[0] == "no significant change"  # 3% is under the default 5%
+    assert verdict("a", "c", "--threshold", "0.01")[0] == "slower"
+    r = cli("compare", "a", "b", "--metric", "p99", "--fail-on-regression")
+    assert r.exit_code == 1 and "1 regression(s) beyond 5% on p99" in r.stderr

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 
@@ -16,7 +17,7 @@ from PIL import Image
 from densebench.results.store import RunStore, load_run
 from densebench.run import RunConfig, run_benchmark
 
-from .conftest import TINY_SIZE, plain_sleep_ms
+from .conftest import TINY_SIZE, blocked_at, plain_sleep_ms, run_cli_process, wait_for
 
 pytestmark = pytest.mark.loadgen
 CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
@@ -159,6 +160,78 @@ def test_search_finds_the_rate_queueing_predicts(cli, workdir):
     assert r.exit_code == 0 and (workdir / "rep" / "serving.png").stat().st_size > 5000
     shown = cli("show", out["run"]).stdout
     assert re.search(r"(?<!IN)VALID", shown), shown  # the best probe's verdict, not INVALID
+
+
+def test_search_stops_at_a_quarter_of_capacity_when_latency_is_not_queueing(cli, workdir):
+    """A batcher that waits 30 ms to fill a batch of 4 puts every query over a 20 ms budget
+    at any low load, though one sample takes 5 ms: the search halves the load down to a
+    quarter of the predicted capacity and says the latency is not queueing."""
+    r = cli("search", "-m", "pool-tiny", "-v", "sleep", "--latency-budget", "20ms",
+            "--percentile", "90", "--max-batch", "4", "--batch-timeout", "30ms",
+            "--probe-duration", "1s", "--samples", "32", "--no-isolate", "--json")
+    assert r.exit_code == 0, r.stderr
+    (combo,) = json.loads(r.stdout)["combinations"]
+    s = combo["search"]
+    assert s["best_qps"] is None and not s["met"]
+    assert "where the latency is not queueing" in s["stopped"], s["stopped"]
+    qps = [p["qps"] for p in s["probes"]]
+    assert qps == sorted(qps, reverse=True) and len(qps) == 2  # half, then a quarter
+    assert qps[-1] == pytest.approx(s["predicted_capacity_qps"] / 4, rel=1e-6)
+    assert all(p["validity"] == "INVALID" for p in s["probes"])
+
+
+def test_search_stops_at_its_time_limit_with_what_it_found(cli, workdir):
+    """--max-time 2s against 1.5 s probes: the second probe is cut short at the limit and
+    the search stops there, saying so, with the probes it made stored."""
+    r = cli("search", "-m", "pool-tiny", "-v", "sleep", "--latency-budget", "30ms",
+            "--percentile", "90", "--probe-duration", "1.5s", "--samples", "32",
+            "--max-time", "2", "--no-isolate", "--json")
+    assert r.exit_code == 0, r.stderr
+    out = json.loads(r.stdout)
+    (combo,) = out["combinations"]
+    s = combo["search"]
+    assert s["stopped"] == "time limit (max_time) reached"
+    assert 1 <= len(s["probes"]) <= 2
+    assert len(RunStore().load(out["run"]).records("probes.jsonl")) == len(s["probes"])
+
+
+def test_search_over_several_combinations_names_the_best(cli, workdir):
+    """Two variants at max batch 1 and 2: each combination searched and stored, and the
+    best is the one with the highest VALID load, reproduced by its command."""
+    r = cli("search", "-m", "pool-tiny", "-v", "sleep,sleep-bf16", "--max-batch", "1,2",
+            "--latency-budget", "30ms", "--percentile", "90", "--probe-duration", "1s",
+            "--precision", "0.5", "--samples", "32", "--no-isolate", "--json",
+            env={"SLEEPY_FLAGS": "bf16"})
+    assert r.exit_code == 0, r.stderr
+    out = json.loads(r.stdout)
+    combos = {(c["variant"], c["max_batch"]): c["search"] for c in out["combinations"]}
+    assert set(combos) == {(v, b) for v in ("sleep", "sleep-bf16") for b in (1, 2)}
+    best = max(combos.items(), key=lambda kv: kv[1]["best_qps"] or 0)
+    assert (out["best"]["variant"], out["best"]["max_batch"]) == best[0]
+    assert out["best"]["qps"] == best[1]["best_qps"]
+    # sleep-bf16 serves a sample in 2 ms against sleep's 5: more load within the budget
+    assert combos[("sleep-bf16", 1)]["best_qps"] > combos[("sleep", 1)]["best_qps"]
+    assert f"-v {best[0][0]}" in out["best"]["command"]
+
+
+def test_ctrl_c_during_a_search_probe_keeps_what_finished(workdir, tmp_path):
+    """Interrupted inside a probe of its second combination (the test runtime blocks at a
+    call of that combination's worker): the first combination's cell and probes stay, the
+    run is incomplete, exit 130."""
+    env, ready = blocked_at("sleep-bf16", "call40", tmp_path)
+    p = run_cli_process("search", "-m", "pool-tiny", "-v", "sleep,sleep-bf16",
+                        "--latency-budget", "30ms", "--percentile", "90", "--probe-duration",
+                        "1s", "--precision", "0.5", "--samples", "32", "--device", "cpu",
+                        "--name", "cut", env={**env, "SLEEPY_FLAGS": "bf16"})
+    wait_for(ready, p)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 130 and "incomplete" in err, err
+    rec = RunStore().load("cut")
+    assert rec.status == "incomplete"
+    assert [(c.variant, c.status) for c in rec.cells] == [("sleep", "ok")]
+    probes = rec.records("probes.jsonl")
+    assert probes and {pr["variant"] for pr in probes} == {"sleep"}
 
 
 def test_search_says_when_no_load_meets_the_budget(cli, workdir):

@@ -1,5 +1,9 @@
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -144,3 +148,33 @@ def test_model_stats_densenet121():
     st = model_stats("densenet121", 224)
     assert abs(st.params - 7_978_856) == 0
     assert st.gmacs == pytest.approx(2.87, rel=0.02)
+
+
+def test_models_lists_the_registry_with_published_sizes(cli):
+    rows = {r["name"]: r for r in json.loads(cli("models", "--json").stdout)}
+    d121 = rows["densenet121"]  # torchvision's published figures: 7,978,856 params, 2.83 GFLOPS
+    assert d121["params_m"] == pytest.approx(7.98, abs=0.01)
+    assert d121["gmacs_224"] == pytest.approx(2.87, rel=0.02)
+    assert d121["default_image_size"] == 224 and d121["imagenet_weights"] is True
+    assert rows["densenet-tiny"]["imagenet_weights"] is False
+    names = [r["name"] for r in json.loads(cli("models", "densenet1*", "--json").stdout)]
+    assert sorted(names) == ["densenet121", "densenet161", "densenet169"]
+    table = cli("models").stdout
+    assert "densenet121" in table and "densebench models --all" in table
+
+
+def test_env_describes_this_machine(cli):
+    fp = json.loads(cli("env", "--json").stdout)
+    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    fields = dict(ln.split(":", 1) for ln in cpuinfo.splitlines() if ":" in ln)
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    if "model name" in fields:  # Linux on x86: what /proc/cpuinfo says
+        assert fp["cpu"]["model"] == fields["model name"]
+        assert fp["cpu"]["family"] == int(fields["cpu family"])
+        assert fp["cpu"]["model_number"] == int(fields["model"])
+        assert set(fp["cpu"]["flags"]) <= set(fields["flags"].split())
+    assert fp["libraries"]["torch"] == torch.__version__
+    assert fp["settings"]["torch_threads"] == torch.get_num_threads()
+    assert fp["cpu"]["affinity_cores"] == len(os.sched_getaffinity(0))
+    shown = cli("env").stdout
+    assert fp["cpu"]["model"] in shown and torch.__version__ in shown

@@ -399,3 +399,18 @@ def test_a_worker_running_a_cached_artifact_neither_builds_the_model_nor_imports
     assert re.search(r"onnxruntime: export$", first.stderr, re.M)
     assert not re.search(r": export$", second.stderr, re.M)
     assert "onnxruntime: ready (load" in second.stderr and "artifact cached" in second.stderr
+
+
+def test_the_export_phase_starts_the_compiles_and_fp32_first():
+    """aoti's packages first (their compile is the longest), fp32 before int8 (ONNX's and
+    OpenVINO's int8 are quantized from their fp32 artifact), the rest in the order the run
+    names them."""
+    from densebench.pipeline import export_order
+    from densebench.variants import get_variant
+
+    names = ["onnxruntime-int8", "openvino-int8", "onnxruntime", "aoti-int8", "openvino",
+             "torchscript", "aoti"]
+    order = export_order([[get_variant(n)] for n in names])
+    assert [g[0].name for g in order] == [
+        "aoti", "aoti-int8", "onnxruntime", "openvino", "torchscript", "onnxruntime-int8",
+        "openvino-int8"]

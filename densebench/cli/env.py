@@ -18,7 +18,9 @@ def env(json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = 
         print_json(fp)
         return
     cpu = fp["cpu"]
-    out.print(f"[bold]CPU[/bold]   {cpu['model']} ({cpu['arch']}), {cpu['physical_cores'] or '?'} physical / "
+    ident = (f", family {cpu['family']} model {cpu['model_number']}"
+             if cpu.get("family") is not None else "")
+    out.print(f"[bold]CPU[/bold]   {cpu['model']} ({cpu['arch']}{ident}), {cpu['physical_cores'] or '?'} physical / "
               f"{cpu['logical_cores']} logical cores, {cpu['memory_gb']} GiB")
     out.print(f"      flags: {' '.join(cpu['flags']) or '-'}")
     if fp["gpus"]:
