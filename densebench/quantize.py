@@ -8,10 +8,17 @@ channel, activations per tensor, calibrated on the batches given (``densebench.c
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 
 import torch
 
 QUANTIZER = "X86InductorQuantizer (static, per-channel weights)"
+
+
+def torchao_installed() -> bool:
+    """Whether torchao can be imported, without importing it (that takes seconds: every
+    command that asks whether an int8 variant can run would pay them)."""
+    return importlib.util.find_spec("torchao") is not None
 
 
 def require_torchao():

@@ -72,8 +72,12 @@ def test_real_variants_isolated(cli, workdir):
 
 
 def test_variant_all_runs_what_the_cpu_can_and_records_the_rest(cli, workdir):
-    summary = _run_json(cli, "-v", "all", "-b", "2", "--mode", "model", "--no-isolate",
-                        "--iters", "3")
+    """Every variant on pool-tiny (a pool and a linear layer: each runtime's compile and
+    quantization is seconds, not a minute; test_real_variants_isolated and test_int8 run
+    DenseNet through them)."""
+    summary = _run_json(cli, "-m", "pool-tiny", "-v", "all", "-b", "2", "--mode", "model",
+                        "--no-isolate", "--iters", "3", "--warmup", "1", "--repeats", "1",
+                        "--device", "cpu", fast=False)
     ran = {c["variant"] for c in summary["cells"]}
     assert {"eager", "compile", "compile-bf16" if cpu_supports_bf16() else "compile", "aoti",
             "torchscript", "onnxruntime", "onnxruntime-fp16", "onnxruntime-int8",

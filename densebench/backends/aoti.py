@@ -13,11 +13,11 @@ class AotiBackend(TorchBackend):
 
     def supported(self, variant, device: str) -> str | None:
         if variant.precision == "int8":
-            from densebench.quantize import require_torchao
+            from densebench.quantize import torchao_installed
 
             if device != "cpu":
                 return f"{variant.name} runs on the CPU (the x86 Inductor quantizer)"
-            if require_torchao() is None:
+            if not torchao_installed():
                 return f"{variant.name} needs torchao: pip install torchao"
         return super().supported(variant, device)
 

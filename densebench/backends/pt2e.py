@@ -15,7 +15,7 @@ import torch
 
 from densebench.backends import register_backend
 from densebench.backends._torch import TorchBackend
-from densebench.quantize import QUANTIZER, quantize_pt2e, require_torchao
+from densebench.quantize import QUANTIZER, quantize_pt2e, torchao_installed
 
 
 class QuantizedByBatch:
@@ -51,7 +51,7 @@ class Pt2eBackend(TorchBackend):
     def supported(self, variant, device: str) -> str | None:
         if device != "cpu":
             return f"{variant.name} runs on the CPU (the x86 Inductor quantizer)"
-        if require_torchao() is None:
+        if not torchao_installed():
             return f"{variant.name} needs torchao: pip install torchao"
         return super().supported(variant, device)
 
