@@ -162,6 +162,7 @@ def test_v1_runs_load_show_compare_and_report(cli, workdir):
                                       if k.startswith(V1_RUN)}  # read, never rewritten
 
 
+@pytest.mark.slow
 def test_v2_runs_made_by_this_code_load_show_compare_and_report(cli, workdir):
     """Schema-2 runs as densebench wrote them (tests/fixtures/v2) stay readable as they are:
     a change to the stored format must come with its migration from 2."""
@@ -198,6 +199,7 @@ def test_v2_runs_made_by_this_code_load_show_compare_and_report(cli, workdir):
     assert _digest(runs) == before  # read, never rewritten
 
 
+@pytest.mark.slow
 def test_progress_lines_when_stderr_is_a_pipe(workdir):
     p = run_cli_process("run", "-m", "pool-tiny", "-v", "sleep", "-b", "1,2", "--iters", "3",
                         "--warmup", "1", "--mode", "model", "--repeats", "1")
@@ -224,6 +226,7 @@ def test_progress_lines_when_stderr_is_a_pipe(workdir):
     assert "densebench: eager: profile" in err and "densebench: eager: time breakdown" in err
 
 
+@pytest.mark.slow
 def test_a_sweep_sized_run_stores_in_time_linear_in_its_cells(workdir):
     # 300 cells from the test backend: 150 batch sizes x 2 modes
     rec = _sleepy_run(variants=["sleep-fast"], batch_sizes=list(range(1, 151)),
@@ -332,6 +335,7 @@ def test_a_plugin_scenario_owns_its_settings_from_the_cli_and_a_sweep(cli, workd
 NUMPY_HEAD = Path(__file__).parent / "plugins" / "numpy_head.py"
 
 
+@pytest.mark.slow
 def test_a_plugin_adds_a_format_its_exporter_a_runtime_and_variants(workdir):
     """tests/plugins/numpy_head.py registers an artifact format (npz) with its exporter, a
     runtime that loads it and two variants over it; with sleepy.py's one-call scenario they
@@ -385,6 +389,7 @@ def test_a_plugin_adds_a_format_its_exporter_a_runtime_and_variants(workdir):
     assert sorted(r["precision"] for r in rows if r["format"] == "npz") == ["fp16", "fp32"]
 
 
+@pytest.mark.slow
 def test_a_plugin_installed_with_an_entry_point_is_loaded_everywhere(workdir, tmp_path):
     """A package that declares a `densebench.plugins` entry point (here a real dist-info on
     the path, as pip writes it) is loaded by the CLI and by every worker process, with no

@@ -88,6 +88,7 @@ def test_imagefolder_and_cifar_loaders(workdir):
     assert any("checksum" in n for n in cif.notes)
 
 
+@pytest.mark.slow
 def test_labels_from_the_fp32_model_give_eager_100_and_others_their_parity(cli, workdir):
     """Each image is filed under the class the fp32 model predicts: eager must score 100%."""
     src = _png_folder(workdir / "raw", per_class=8, classes=1, seed=3)
@@ -119,6 +120,7 @@ def test_labels_from_the_fp32_model_give_eager_100_and_others_their_parity(cli, 
     assert "n/m (random weights)" in table
 
 
+@pytest.mark.slow
 def test_meaningful_accuracy_with_a_weights_file_and_stored_run(cli, workdir):
     model = load_model("densenet-tiny", "random:4", num_classes=10).module
     wpath = workdir / "trained.pt"
@@ -152,6 +154,7 @@ def test_synthetic_is_parity_only(cli, workdir):
     assert cells[1]["parity"]["images"] == 6 and cells[1]["parity"]["max_abs_error"] < 1e-4
 
 
+@pytest.mark.slow
 def test_eval_parity_is_judged_against_its_threshold(cli, workdir):
     """An fp32 runtime within 1e-4 of eager is within its threshold; one whose logits are
     moved by 1e-3 of the largest (the test runtime `perturbed`) is beyond it, in the
@@ -241,6 +244,7 @@ def test_eval_runs_each_variant_in_its_own_worker_a_crash_fails_only_its_cell(cl
     assert len(set(pids.values())) == 2 and os.getpid() not in pids.values()
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_eval_keeps_the_finished_variants(workdir, tmp_path):
     env, ready = blocked_at("sleep", "prepare", tmp_path)
     p = run_cli_process("eval", "-m", "pool-tiny", "--data", "synthetic", "--limit", "4",

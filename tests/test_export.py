@@ -17,6 +17,7 @@ from .conftest import TINY_SIZE, run_cli_process, wait_for
 TOLERANCE = {"fp32": 1e-4, "fp16": 5e-2, "int8": 0.5}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt,prec", [
     ("torchscript", "fp32"), ("onnx", "fp32"), ("onnx", "fp16"), ("onnx", "int8"),
     ("checkpoint", "fp32"), ("checkpoint", "fp16"), ("aoti", "fp32"),
@@ -40,6 +41,7 @@ def test_each_format_loads_back_and_matches_eager(tiny_artifacts, fmt, prec):
         assert (out.argmax(1) == ref_model(x).argmax(1)).all()
 
 
+@pytest.mark.slow
 def test_int8_is_qdq_per_channel_and_records_calibration(tiny_artifacts):
     import onnx
 
@@ -94,6 +96,7 @@ def test_second_export_is_a_cache_hit(cli, workdir):
     assert len(ArtifactCache().entries()) == 1
 
 
+@pytest.mark.slow
 def test_two_processes_exporting_the_same_key_leave_one_entry(workdir):
     args = ["export", "-m", "densenet-tiny", "-f", "onnx", "--image-size", TINY_SIZE, "--json"]
     procs = [run_cli_process(*args) for _ in range(2)]

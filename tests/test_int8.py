@@ -38,6 +38,7 @@ def _cells(out: str) -> dict:
     return {(c["variant"], c["batch_size"]): c for c in json.loads(out)["cells"]}
 
 
+@pytest.mark.slow
 def test_openvino_variants_run_within_their_parity_and_reuse_their_artifacts(cli, workdir):
     args = ("run", "-m", "densenet-tiny", "--image-size", TINY_SIZE, "-v",
             "openvino,openvino-int8", "-b", "2", "--mode", "model",
@@ -137,6 +138,7 @@ def test_openvino_without_openvino_and_on_a_gpu_say_why(workdir):
     assert len(p.stderr.strip().splitlines()) == 1, p.stderr
 
 
+@pytest.mark.slow
 def test_aoti_int8_is_compiled_once_into_the_cache_and_loaded_from_it(cli, workdir):
     """The compile-int8 model (torchao PT2E) as an AOTInductor package: the first run
     quantizes and compiles it into the cache, the second loads it (no quantizing, no
@@ -192,6 +194,7 @@ def test_openvino_serves_instances_as_streams_of_one_throughput_model(cli, workd
     assert rec.data["variants"]["openvino"]["options"]["num_streams"] == 1
 
 
+@pytest.mark.slow
 def test_skipping_torchaos_qat_folding_leaves_a_ptq_model_unchanged():
     """densebench.quantize skips convert_pt2e's QAT conv-BatchNorm folding (a minute of
     pattern exports on densenet121); on a post-training-quantized DenseNet the converted

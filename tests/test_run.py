@@ -27,6 +27,7 @@ def _run_json(cli, *args, fast=True):
     return json.loads(r.stdout)
 
 
+@pytest.mark.slow
 def test_real_variants_isolated(cli, workdir):
     names = ["eager", "channels-last", "torchscript", "onnxruntime", "onnxruntime-int8"]
     if cpu_supports_bf16():
@@ -71,6 +72,7 @@ def test_real_variants_isolated(cli, workdir):
     assert any((run.path / "tb").iterdir())
 
 
+@pytest.mark.slow
 def test_variant_all_runs_what_the_cpu_can_and_records_the_rest(cli, workdir):
     """Every variant on pool-tiny (a pool and a linear layer: each runtime's compile and
     quantization is seconds, not a minute; test_real_variants_isolated and test_int8 run
@@ -179,6 +181,7 @@ def _workers_of(pid):
         return []
 
 
+@pytest.mark.slow
 def test_a_crashing_variant_is_recorded_and_the_run_goes_on(workdir, tmp_path):
     """A worker killed inside its timed loop (the test runtime blocks at its fifth call,
     after the one warm-up call, and says so), as the kernel's OOM killer would: its cell
@@ -200,6 +203,7 @@ def test_a_crashing_variant_is_recorded_and_the_run_goes_on(workdir, tmp_path):
     assert cells["sleep-fast"]["status"] == "ok"
 
 
+@pytest.mark.slow
 def test_a_hanging_variant_times_out(cli, workdir):
     r = cli("run", *FAST, "-v", "eager", "-b", "1", "--iters", "100000000", "--timeout", "8",
             "--json")
@@ -220,6 +224,7 @@ def test_a_batch_that_does_not_fit_fails_its_cell_only(cli, workdir):
     assert cells[1]["status"] == "ok"
 
 
+@pytest.mark.slow
 def test_ctrl_c_keeps_finished_cells_and_marks_the_run_incomplete(workdir, tmp_path):
     """SIGINT while the second variant's worker is known to be preparing (the test runtime
     blocks there and says so): the first variant's cells are kept, the run is incomplete,
@@ -303,6 +308,7 @@ def test_densenet121_at_224(cli, workdir):
 # ------------------------------------------------------------------ the export phase
 
 
+@pytest.mark.slow
 def test_missing_artifacts_are_exported_first_side_by_side(cli, workdir):
     """Two artifacts missing: both are exported before anything is measured, each in its
     own worker, and the run says so; the variants then load them from the cache (a second
@@ -379,6 +385,7 @@ def test_eager_reference_is_computed_once_and_kept(workdir):
     assert torch.equal(kept_reference(where, loaded, x, eager(x)), first) and len(calls) == 4
 
 
+@pytest.mark.slow
 def test_a_worker_running_a_cached_artifact_neither_builds_the_model_nor_imports_torchvision(
         cli, workdir, monkeypatch):
     """ONNX Runtime from the cache, checked against kept reference logits, needs neither the

@@ -79,6 +79,7 @@ def test_the_example_sweep_file_reads_and_plans(cli, workdir):
     assert not (workdir / "runs").exists()  # a dry run stores nothing
 
 
+@pytest.mark.slow
 def test_a_local_sweep_is_one_run_shown_by_host_reported_and_resumed(cli, workdir,
                                                                      monkeypatch):
     f = _write(workdir, """
@@ -174,6 +175,7 @@ def test_a_parse_error_names_line_and_column(cli, workdir):
     assert r.exit_code == 2 and "(at line 2, column" in r.stderr, r.stderr
 
 
+@pytest.mark.slow
 def test_a_sweep_stopped_by_sigterm_keeps_its_cells_and_resumes(workdir, tmp_path):
     """SIGTERM (a batch scheduler's stop) while the second cell group measures: the first
     group's cells stay, the sweep is incomplete and says how to resume, exit 143; the

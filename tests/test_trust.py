@@ -38,6 +38,7 @@ def _run(cli, *args, env=None, monkeypatch=None):
     return RunStore().load(json.loads(r.stdout)["run"])
 
 
+@pytest.mark.slow
 def test_repeats_are_worker_processes_in_interleaved_rounds(cli, workdir):
     rec = _run(cli, *SLEEPY_RUN, "-v", "sleep,sleep-fast", "--repeats", "2")
     order = [(c.variant, c.repeat) for c in rec.cells]
@@ -105,6 +106,7 @@ def _split_by_repeat(rec, repeats: set[int], name: str):
     (dst / "cells.jsonl").write_text("\n".join(keep) + "\n")
 
 
+@pytest.mark.slow
 def test_self_compare_of_real_densenet_tiny_processes_calls_no_change(cli, workdir):
     """Two sets of four worker processes of real densenet-tiny, measured in interleaved
     rounds, compared as two runs: what differs between them is what differs between
@@ -299,6 +301,7 @@ def test_a_run_whose_every_cell_failed_exits_non_zero(cli, workdir):
     assert c["status"] == "failed" and "timed out after 4 s" in c["error"]
 
 
+@pytest.mark.slow
 def test_a_busy_host_is_flagged(cli, workdir):
     burner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
