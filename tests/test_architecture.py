@@ -37,7 +37,7 @@ V2_EVAL = "20261203-174403-8756"
 def _sleepy_run(**kw) -> object:
     settings = {"model": "pool-tiny", "variants": ["sleep"], "batch_sizes": [1],
                 "modes": ["model"], "warmup": "1", "iters": 3, "executor": "inline",
-                "repeats": 1, **kw}
+                "repeats": 1, "device": "cpu", **kw}
     return run_benchmark(RunConfig(**settings))
 
 
@@ -48,7 +48,7 @@ def test_a_plugin_backend_is_listed_and_runs_in_a_worker(cli, workdir):
     assert {"eager", "onnxruntime", "compile"} <= {r["backend"] for r in rows}
     assert "sleep" in cli("variants").stdout
     # the default executor: a worker process, which loads the plugin from the environment
-    r = cli("run", "-m", "pool-tiny", "-v", "sleep", "-b", "1,2", "--iters", "3",
+    r = cli("run", "--device", "cpu", "-m", "pool-tiny", "-v", "sleep", "-b", "1,2", "--iters", "3",
             "--warmup", "1", "--repeats", "1", "--json")
     assert r.exit_code == 0, r.stderr
     cells = json.loads(r.stdout)["cells"]
@@ -81,7 +81,7 @@ def test_closed_loop_arithmetic_with_a_known_service_time(workdir):
 
 
 def test_a_second_scenario_plugs_in_beside_closed_loop(cli, workdir):
-    r = cli("run", "-m", "pool-tiny", "-v", "sleep", "-b", "2", "--mode", "e2e",
+    r = cli("run", "--device", "cpu", "-m", "pool-tiny", "-v", "sleep", "-b", "2", "--mode", "e2e",
             "--scenario", "one-call", "--no-isolate", "--name", "once", "--repeats", "1",
             "--json")
     assert r.exit_code == 0, r.stderr
@@ -134,7 +134,8 @@ def test_v1_runs_load_show_compare_and_report(cli, workdir):
     assert r.exit_code == 0 and "onnxruntime" in r.stdout and "schema-version-1" in r.stdout
     assert "v1-fixture" in cli("runs").stdout and "v1-eval" in cli("runs").stdout
 
-    r = cli("run", "-m", "densenet-tiny", "--image-size", TINY_SIZE, "-v", "eager", "-b", "1",
+    r = cli("run", "--device", "cpu",
+            "-m", "densenet-tiny", "--image-size", TINY_SIZE, "-v", "eager", "-b", "1",
             "--mode", "model", "--iters", "40", "--warmup", "1", "--no-isolate",
             "--name", "v2", "--repeats", "1")
     assert r.exit_code == 0, r.stderr
@@ -201,7 +202,8 @@ def test_v2_runs_made_by_this_code_load_show_compare_and_report(cli, workdir):
 
 @pytest.mark.slow
 def test_progress_lines_when_stderr_is_a_pipe(workdir):
-    p = run_cli_process("run", "-m", "pool-tiny", "-v", "sleep", "-b", "1,2", "--iters", "3",
+    p = run_cli_process("run", "--device", "cpu",
+                        "-m", "pool-tiny", "-v", "sleep", "-b", "1,2", "--iters", "3",
                         "--warmup", "1", "--mode", "model", "--repeats", "1")
     _, err = p.communicate(timeout=120)
     assert p.returncode == 0, err
@@ -214,12 +216,14 @@ def test_progress_lines_when_stderr_is_a_pipe(workdir):
     assert any(ln.startswith("densebench: [2/2] sleep batch 2 model: ok") for ln in lines)
     assert lines[-1].endswith("finished")
 
-    p = run_cli_process("eval", "-m", "pool-tiny", "-v", "eager", "--limit", "8", "-b", "4",
+    p = run_cli_process("eval", "--device", "cpu",
+                        "-m", "pool-tiny", "-v", "eager", "--limit", "8", "-b", "4",
                         "--no-isolate")
     _, err = p.communicate(timeout=120)
     assert p.returncode == 0, err
     assert "densebench: eager: evaluate" in err and "eager batch 4 e2e: ok" in err
-    p = run_cli_process("profile", "-m", "pool-tiny", "-v", "eager", "--iters", "2",
+    p = run_cli_process("profile", "--device", "cpu",
+                        "-m", "pool-tiny", "-v", "eager", "--iters", "2",
                         "--no-isolate")
     _, err = p.communicate(timeout=120)
     assert p.returncode == 0, err
@@ -272,7 +276,7 @@ def test_the_python_api(workdir):
     (["--min-time", "nan"], "--min-time 'nan' is not a duration"),
 ])
 def test_core_errors_name_the_setting_and_the_cli_its_flag(cli, workdir, args, needle):
-    r = cli("run", "-m", "pool-tiny", "-v", "sleep", *args)
+    r = cli("run", "--device", "cpu", "-m", "pool-tiny", "-v", "sleep", *args)
     assert r.exit_code == 2 and needle in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
 

@@ -96,7 +96,8 @@ def test_cli_formats_and_exit_codes(cli, fixture_runs):
 
 
 def test_self_comparison_of_a_real_run_shows_no_change(cli, workdir):
-    r = cli("run", "-m", "densenet-tiny", "--image-size", TINY_SIZE, "-v", "eager,onnxruntime",
+    r = cli("run", "--device", "cpu",
+            "-m", "densenet-tiny", "--image-size", TINY_SIZE, "-v", "eager,onnxruntime",
             "-b", "1,2", "--iters", "20", "--warmup", "1", "--no-isolate", "--name", "real",
             "--repeats", "1")
     assert r.exit_code == 0, r.stderr

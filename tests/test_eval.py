@@ -104,7 +104,8 @@ def test_labels_from_the_fp32_model_give_eager_100_and_others_their_parity(cli, 
     for f, p in zip(files, preds, strict=True):
         (labelled / f"class_{p}" / f"{len(list(labelled.rglob('*.png')))}.png").write_bytes(
             open(f, "rb").read())
-    r = cli("eval", "-m", "densenet-tiny", "--num-classes", "10", "--image-size", SIZE,
+    r = cli("eval", "--device", "cpu",
+            "-m", "densenet-tiny", "--num-classes", "10", "--image-size", SIZE,
             "--data", f"imagefolder:{labelled}", "-v", "eager,onnxruntime,onnxruntime-int8",
             "-b", "3", "--json")
     assert r.exit_code == 0, r.stderr
@@ -115,7 +116,8 @@ def test_labels_from_the_fp32_model_give_eager_100_and_others_their_parity(cli, 
         assert cells[v]["accuracy"]["top1"] == pytest.approx(cells[v]["parity"]["top1_agreement"])
     assert cells["eager"]["accuracy"]["meaningful"] is False  # random weights
     assert "random weights" in cells["eager"]["accuracy"]["not_meaningful_because"]
-    table = cli("eval", "-m", "densenet-tiny", "--num-classes", "10", "--image-size", SIZE,
+    table = cli("eval", "--device", "cpu",
+                "-m", "densenet-tiny", "--num-classes", "10", "--image-size", SIZE,
                 "--data", f"imagefolder:{labelled}", "-v", "eager").stdout
     assert "n/m (random weights)" in table
 
@@ -126,7 +128,8 @@ def test_meaningful_accuracy_with_a_weights_file_and_stored_run(cli, workdir):
     wpath = workdir / "trained.pt"
     torch.save(model.state_dict(), wpath)
     data = _cifar(workdir / "cifar", n=12)
-    r = cli("eval", "-m", "densenet-tiny", "--weights", wpath, "--num-classes", "10",
+    r = cli("eval", "--device", "cpu",
+            "-m", "densenet-tiny", "--weights", wpath, "--num-classes", "10",
             "--image-size", SIZE, "--data", f"cifar10:{data}", "-v", "eager,onnxruntime",
             "-b", "5", "--name", "ev", "--json")
     assert r.exit_code == 0, r.stderr
@@ -146,7 +149,8 @@ def test_meaningful_accuracy_with_a_weights_file_and_stored_run(cli, workdir):
 
 
 def test_synthetic_is_parity_only(cli, workdir):
-    r = cli("eval", "-m", "densenet-tiny", "--image-size", SIZE, "--data", "synthetic",
+    r = cli("eval", "--device", "cpu",
+            "-m", "densenet-tiny", "--image-size", SIZE, "--data", "synthetic",
             "--limit", "6", "-v", "eager,torchscript", "--json")
     assert r.exit_code == 0, r.stderr
     cells = json.loads(r.stdout)["cells"]
@@ -201,7 +205,7 @@ def test_unreadable_images_are_counted_or_strict(cli, workdir):
     (lambda w: (w / "e2" / "cat").mkdir(parents=True) or w / "e2", "holds no images"),
 ])
 def test_bad_imagefolders(cli, workdir, make, needle):
-    r = cli("eval", "-m", "densenet-tiny", "--image-size", SIZE, "--data",
+    r = cli("eval", "--device", "cpu", "-m", "densenet-tiny", "--image-size", SIZE, "--data",
             f"imagefolder:{make(workdir)}", "-v", "eager")
     assert r.exit_code == 1 and needle in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1

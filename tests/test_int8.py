@@ -106,7 +106,8 @@ def test_parity_thresholds_by_precision():
     (["--calib", "cifar:x"], "--calib 'cifar:x': use synthetic or imagefolder:PATH"),
 ])
 def test_bad_calibration_is_one_line_and_leaves_the_cache_alone(cli, workdir, extra, needle):
-    r = cli("run", "-m", "densenet-tiny", "--image-size", TINY_SIZE, "-v", "openvino-int8",
+    r = cli("run", "--device", "cpu",
+            "-m", "densenet-tiny", "--image-size", TINY_SIZE, "-v", "openvino-int8",
             "-b", "2", *extra)
     assert r.exit_code == 2 and needle in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
@@ -115,7 +116,8 @@ def test_bad_calibration_is_one_line_and_leaves_the_cache_alone(cli, workdir, ex
 
 def test_a_calibration_set_smaller_than_the_batch_is_refused(cli, workdir):
     folder = _images(workdir / "few", 3)
-    r = cli("run", "-m", "densenet-tiny", "--image-size", TINY_SIZE, "-v", "compile-int8",
+    r = cli("run", "--device", "cpu",
+            "-m", "densenet-tiny", "--image-size", TINY_SIZE, "-v", "compile-int8",
             "-b", "4", "--calib", f"imagefolder:{folder}")
     assert r.exit_code == 2, r.stderr
     assert "has 3 images, fewer than the batch of 4" in r.stderr

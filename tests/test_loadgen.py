@@ -23,11 +23,11 @@ pytestmark = pytest.mark.loadgen
 CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 TINY = ["-m", "densenet-tiny", "--image-size", TINY_SIZE, "-v", "onnxruntime", "--samples",
-        "32", "--duration", "1s", "--no-isolate"]
+        "32", "--duration", "1s", "--no-isolate", "--device", "cpu"]
 
 
 def _served(cli, *args):
-    r = cli("run", *args, "--json")
+    r = cli("run", "--device", "cpu", *args, "--json")
     assert r.exit_code == 0, r.stderr
     return RunStore().load(json.loads(r.stdout)["run"])
 
@@ -67,7 +67,7 @@ def test_every_scenario_gives_loadgens_verdict_and_keeps_its_logs(cli, workdir, 
 
 def _sleepy(scenario, **kw):
     settings = {"model": "pool-tiny", "variants": ["sleep"], "scenario": scenario,
-                "samples": 64, "duration": 1.0, "executor": "inline", **kw}
+                "samples": 64, "duration": 1.0, "executor": "inline", "device": "cpu", **kw}
     (c,) = run_benchmark(RunConfig(**settings)).cells
     assert c.ok, c.error
     return c
@@ -133,7 +133,8 @@ def _md1_max_rate(service, budget, pct):
 
 
 def test_search_finds_the_rate_queueing_predicts(cli, workdir):
-    r = cli("search", "-m", "pool-tiny", "-v", "sleep", "--latency-budget", "30ms",
+    r = cli("search", "--device", "cpu",
+            "-m", "pool-tiny", "-v", "sleep", "--latency-budget", "30ms",
             "--percentile", "90", "--probe-duration", "1.5s", "--precision", "0.1",
             "--samples", "64", "--no-isolate", "--json")
     assert r.exit_code == 0, r.stderr
@@ -166,7 +167,8 @@ def test_search_stops_at_a_quarter_of_capacity_when_latency_is_not_queueing(cli,
     """A batcher that waits 30 ms to fill a batch of 4 puts every query over a 20 ms budget
     at any low load, though one sample takes 5 ms: the search halves the load down to a
     quarter of the predicted capacity and says the latency is not queueing."""
-    r = cli("search", "-m", "pool-tiny", "-v", "sleep", "--latency-budget", "20ms",
+    r = cli("search", "--device", "cpu",
+            "-m", "pool-tiny", "-v", "sleep", "--latency-budget", "20ms",
             "--percentile", "90", "--max-batch", "4", "--batch-timeout", "30ms",
             "--probe-duration", "1s", "--samples", "32", "--no-isolate", "--json")
     assert r.exit_code == 0, r.stderr
@@ -183,7 +185,8 @@ def test_search_stops_at_a_quarter_of_capacity_when_latency_is_not_queueing(cli,
 def test_search_stops_at_its_time_limit_with_what_it_found(cli, workdir):
     """--max-time 2s against 1.5 s probes: the second probe is cut short at the limit and
     the search stops there, saying so, with the probes it made stored."""
-    r = cli("search", "-m", "pool-tiny", "-v", "sleep", "--latency-budget", "30ms",
+    r = cli("search", "--device", "cpu",
+            "-m", "pool-tiny", "-v", "sleep", "--latency-budget", "30ms",
             "--percentile", "90", "--probe-duration", "1.5s", "--samples", "32",
             "--max-time", "2", "--no-isolate", "--json")
     assert r.exit_code == 0, r.stderr
@@ -198,7 +201,8 @@ def test_search_stops_at_its_time_limit_with_what_it_found(cli, workdir):
 def test_search_over_several_combinations_names_the_best(cli, workdir):
     """Two variants at max batch 1 and 2: each combination searched and stored, and the
     best is the one with the highest VALID load, reproduced by its command."""
-    r = cli("search", "-m", "pool-tiny", "-v", "sleep,sleep-bf16", "--max-batch", "1,2",
+    r = cli("search", "--device", "cpu",
+            "-m", "pool-tiny", "-v", "sleep,sleep-bf16", "--max-batch", "1,2",
             "--latency-budget", "30ms", "--percentile", "90", "--probe-duration", "1s",
             "--precision", "0.5", "--samples", "32", "--no-isolate", "--json",
             env={"SLEEPY_FLAGS": "bf16"})
@@ -235,7 +239,8 @@ def test_ctrl_c_during_a_search_probe_keeps_what_finished(workdir, tmp_path):
 
 
 def test_search_says_when_no_load_meets_the_budget(cli, workdir):
-    r = cli("search", "-m", "pool-tiny", "-v", "sleep", "--latency-budget", "2ms",
+    r = cli("search", "--device", "cpu",
+            "-m", "pool-tiny", "-v", "sleep", "--latency-budget", "2ms",
             "--samples", "16", "--no-isolate")
     assert r.exit_code == 0, r.stderr
     assert "one sample alone takes" in r.stdout and "no combination met the budget" in r.stdout
@@ -295,7 +300,7 @@ def test_accuracy_mode_checks_every_response(cli, workdir):
     (["--scenario", "offline", "--mode", "model"], "--mode must be e2e for the LoadGen"),
 ])
 def test_bad_scenario_input(cli, workdir, args, needle):
-    r = cli("run", "-m", "pool-tiny", "-v", "sleep", *args)
+    r = cli("run", "--device", "cpu", "-m", "pool-tiny", "-v", "sleep", *args)
     assert r.exit_code == 2 and needle in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
     assert not (workdir / "runs").exists() or not any((workdir / "runs").iterdir())
@@ -308,7 +313,7 @@ def test_bad_scenario_input(cli, workdir, args, needle):
     (["--latency-budget", "50ms", "--instances", str(CORES + 1)], "instances x threads"),
 ])
 def test_bad_search_input(cli, workdir, args, needle):
-    r = cli("search", "-m", "pool-tiny", "-v", "sleep", *args)
+    r = cli("search", "--device", "cpu", "-m", "pool-tiny", "-v", "sleep", *args)
     assert r.exit_code == 2 and needle in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
 

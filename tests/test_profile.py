@@ -14,7 +14,7 @@ from densebench.scenarios.profile import count_flops, cpu_peak_gflops
 from .conftest import TINY_SIZE, blocked_at, run_cli_process, wait_for
 
 BASE = ["profile", "-m", "densenet-tiny", "--image-size", TINY_SIZE, "-b", "2", "--iters", "3",
-        "--warmup", "1"]
+        "--warmup", "1", "--device", "cpu"]
 
 
 def test_pytorch_profile_table_trace_and_tensorboard(cli, workdir):
@@ -110,7 +110,7 @@ def test_cpu_peak_estimate_scales_with_precision():
     (["-v", "eager", "--device", "cuda"], "has none visible"),
 ])
 def test_profile_bad_input(cli, workdir, args, needle):
-    r = cli("profile", "-m", "densenet-tiny", *args)
+    r = cli("profile", "--device", "cpu", "-m", "densenet-tiny", *args)
     assert r.exit_code != 0 and needle in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
 

@@ -18,11 +18,11 @@ from densebench.variants import expand
 from .conftest import TINY_SIZE, blocked_at, run_cli_process, wait_for
 
 FAST = ["-m", "densenet-tiny", "--image-size", TINY_SIZE, "--warmup", "1", "--iters", "5",
-        "--repeats", "1"]
+        "--repeats", "1", "--device", "cpu"]
 
 
 def _run_json(cli, *args, fast=True):
-    r = cli("run", *(FAST if fast else []), *args, "--json")
+    r = cli("run", "--device", "cpu", *(FAST if fast else []), *args, "--json")
     assert r.exit_code == 0, r.stderr
     return json.loads(r.stdout)
 
@@ -205,7 +205,8 @@ def test_a_crashing_variant_is_recorded_and_the_run_goes_on(workdir, tmp_path):
 
 @pytest.mark.slow
 def test_a_hanging_variant_times_out(cli, workdir):
-    r = cli("run", *FAST, "-v", "eager", "-b", "1", "--iters", "100000000", "--timeout", "8",
+    r = cli("run", "--device", "cpu",
+            *FAST, "-v", "eager", "-b", "1", "--iters", "100000000", "--timeout", "8",
             "--json")
     assert r.exit_code == 1 and "every cell of run" in r.stderr  # nothing worked
     summary = json.loads(r.stdout)
@@ -266,7 +267,7 @@ def test_ctrl_c_keeps_finished_cells_and_marks_the_run_incomplete(workdir, tmp_p
     (["-m", "densenet-tiny", "--image-size", "8"], "too small"),
 ])
 def test_run_bad_input(cli, workdir, args, needle):
-    r = cli("run", "-m", "densenet-tiny", *args)
+    r = cli("run", "--device", "cpu", "-m", "densenet-tiny", *args)
     assert r.exit_code != 0
     assert needle in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
@@ -276,7 +277,7 @@ def test_run_bad_input(cli, workdir, args, needle):
 def test_unwritable_runs_directory(cli, workdir, monkeypatch):
     (workdir / "blocker").write_text("")
     monkeypatch.setenv("DENSEBENCH_RUNS", str(workdir / "blocker" / "runs"))
-    r = cli("run", *FAST, "-v", "eager")
+    r = cli("run", "--device", "cpu", *FAST, "-v", "eager")
     assert r.exit_code == 1 and "not writable" in r.stderr and "DENSEBENCH_RUNS" in r.stderr
 
 
@@ -337,7 +338,8 @@ def test_an_export_that_fails_ahead_fails_its_cells_once(cli, workdir, monkeypat
     if (psutil.cpu_count() or 1) < 2:
         pytest.skip("exports run side by side only with two cores or more")
     monkeypatch.setenv("EXPORT_PROBE", "fail")
-    r = cli("run", "-m", "export-probe", "-v", "eager,onnxruntime,openvino", "-b", "2",
+    r = cli("run", "--device", "cpu",
+            "-m", "export-probe", "-v", "eager,onnxruntime,openvino", "-b", "2",
             "--mode", "model", "--iters", "3", "--warmup", "1", "--repeats", "1", "--json")
     assert r.exit_code == 0, r.stderr  # eager worked: cells failed among cells that worked
     cells = {c["variant"]: c for c in json.loads(r.stdout)["cells"]}
@@ -395,10 +397,10 @@ def test_a_worker_running_a_cached_artifact_neither_builds_the_model_nor_imports
 
     args = ["-m", "densenet-tiny", "-v", "onnxruntime", "-b", "2", "--mode", "model",
             "--warmup", "1", "--iters", "3", "--repeats", "1", "--json"]
-    first = cli("run", *args)
+    first = cli("run", "--device", "cpu", *args)
     assert first.exit_code == 0, first.stderr
     monkeypatch.setenv("PYTHONPROFILEIMPORTTIME", "1")
-    second = cli("run", *args)
+    second = cli("run", "--device", "cpu", *args)
     assert second.exit_code == 0, second.stderr
     summary = json.loads(second.stdout)
     (cell,) = summary["cells"]

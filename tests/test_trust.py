@@ -24,7 +24,7 @@ from densebench.results.store import RunStore, load_run
 from .conftest import TINY_SIZE, run_cli_process
 
 SLEEPY_RUN = ["run", "-m", "pool-tiny", "-b", "1", "--mode", "model", "--iters", "15",
-              "--warmup", "2"]
+              "--warmup", "2", "--device", "cpu"]
 
 
 def _run(cli, *args, env=None, monkeypatch=None):
@@ -116,7 +116,8 @@ def test_self_compare_of_real_densenet_tiny_processes_calls_no_change(cli, workd
     The processes are dealt A B B A A B B A, so that a steady drift of the host and an
     effect that alternates from one process to the next fall on both sets alike: split
     into even and odd processes, a CI host once called such a pair faster."""
-    rec = _run(cli, "run", "-m", "densenet-tiny", "--image-size", TINY_SIZE, "-v", "eager",
+    rec = _run(cli, "run", "--device", "cpu",
+               "-m", "densenet-tiny", "--image-size", TINY_SIZE, "-v", "eager",
                "-b", "2", "--mode", "model", "--iters", "30", "--warmup", "5", "--repeats", "8")
     _split_by_repeat(rec, {0, 3, 4, 7}, "a")
     _split_by_repeat(rec, {1, 2, 5, 6}, "b")
@@ -149,7 +150,8 @@ def _wait_for_worker(p, timeout=90):
 
 def _long_run():
     return run_cli_process(*SLEEPY_RUN[:1], "-m", "pool-tiny", "-v", "sleep", "-b", "1",
-                           "--mode", "model", "--warmup", "60s", "--repeats", "1")
+                           "--mode", "model", "--warmup", "60s", "--repeats", "1",
+                           "--device", "cpu")
 
 
 def _gone(procs, timeout=10):
@@ -191,7 +193,8 @@ def test_sigterm_during_the_export_phase_kills_the_exports(workdir, monkeypatch)
     if (psutil.cpu_count() or 1) < 2:
         pytest.skip("exports run side by side only with two cores or more")
     monkeypatch.setenv("EXPORT_PROBE", "slow")
-    p = run_cli_process("run", "-m", "export-probe", "-v", "onnxruntime,openvino", "-b", "1",
+    p = run_cli_process("run", "--device", "cpu",
+                        "-m", "export-probe", "-v", "onnxruntime,openvino", "-b", "1",
                         "--mode", "model", "--repeats", "1")
     deadline = time.time() + 90
     while len(_workers(p.pid)) < 2 and time.time() < deadline:
@@ -240,7 +243,8 @@ def test_damaged_and_unusual_runs_give_one_line_not_a_traceback(cli, workdir):
         assert r.exit_code == 1 and "no list of cells" in r.stderr, (args, r.stderr)
         assert len(r.stderr.strip().splitlines()) == 1
     # an eval with fewer images than its batch: no timing, and nothing crashes on it
-    r = cli("eval", "-m", "pool-tiny", "-v", "eager", "--limit", "8", "--name", "short")
+    r = cli("eval", "--device", "cpu",
+            "-m", "pool-tiny", "-v", "eager", "--limit", "8", "--name", "short")
     assert r.exit_code == 0, r.stderr
     assert load_run(RunStore().resolve("short")).cells[0].stats is None
     assert cli("show", "short").exit_code == 0
@@ -271,14 +275,15 @@ def test_a_reused_name_is_its_latest_run_and_a_shared_prefix_is_refused(cli, wor
     (["--repeats", "0"], "--repeats must be between 1 and 100"),
 ])
 def test_limits(cli, workdir, args, needle):
-    r = cli("run", "-m", "pool-tiny", "-v", "sleep", "--iters", "2", *args)
+    r = cli("run", "--device", "cpu", "-m", "pool-tiny", "-v", "sleep", "--iters", "2", *args)
     assert r.exit_code == 2 and needle in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
 
 
 def test_more_threads_than_cores_is_warned_and_recorded(cli, workdir):
     threads = (os.cpu_count() or 1) * 4
-    r = cli("run", *SLEEPY_RUN[1:], "-v", "sleep", "--repeats", "1", "--threads", threads)
+    r = cli("run", "--device", "cpu",
+            *SLEEPY_RUN[1:], "-v", "sleep", "--repeats", "1", "--threads", threads)
     assert r.exit_code == 0
     assert f"warning: threads {threads} is more than the" in r.stderr
     (run_dir,) = (workdir / "runs").iterdir()
@@ -294,7 +299,8 @@ def test_runs_directory_that_is_a_file(cli, workdir, monkeypatch):
 
 
 def test_a_run_whose_every_cell_failed_exits_non_zero(cli, workdir):
-    r = cli("run", "-m", "pool-tiny", "-v", "sleep", "-b", "1", "--iters", "100000000",
+    r = cli("run", "--device", "cpu",
+            "-m", "pool-tiny", "-v", "sleep", "-b", "1", "--iters", "100000000",
             "--timeout", "4", "--repeats", "1", "--mode", "model", "--json")
     assert r.exit_code == 1 and "every cell of run" in r.stderr
     (c,) = json.loads(r.stdout)["cells"]
@@ -306,7 +312,8 @@ def test_a_busy_host_is_flagged(cli, workdir):
     burner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
         time.sleep(0.5)
-        rec = _run(cli, "run", "-m", "pool-tiny", "-v", "eager", "-b", "8", "--mode", "model",
+        rec = _run(cli, "run", "--device", "cpu",
+                   "-m", "pool-tiny", "-v", "eager", "-b", "8", "--mode", "model",
                    "--min-time", "2", "--repeats", "1", "--threads", "1")
     finally:
         burner.kill()
