@@ -42,7 +42,7 @@ def _sleepy_run(**kw) -> object:
 
 
 def test_a_plugin_backend_is_listed_and_runs_in_a_worker(cli, workdir):
-    rows = json.loads(cli("variants", "--json").stdout)
+    rows = json.loads(cli("variants", "--device", "cpu", "--json").stdout)
     sleep = next(r for r in rows if r["variant"] == "sleep")
     assert sleep["backend"] == "sleep" and sleep["supported"] is True
     assert {"eager", "onnxruntime", "compile"} <= {r["backend"] for r in rows}
@@ -253,7 +253,7 @@ def test_a_sweep_sized_run_stores_in_time_linear_in_its_cells(workdir):
 def test_the_python_api(workdir):
     rec = densebench.benchmark(model="pool-tiny", variants=["sleep", "eager"],
                                batch_sizes=[1, 2], modes=["model"], iters=3,
-                               executor="inline", name="api", repeats=1)
+                               executor="inline", name="api", repeats=1, device="cpu")
     df = densebench.load_run("api").frame()
     assert list(df["model_variant"]) == [c.variant for c in rec.cells]
     assert len(df) == 4 and df["p50_ms"].notna().all()
@@ -408,7 +408,8 @@ def test_a_plugin_installed_with_an_entry_point_is_loaded_everywhere(workdir, tm
         "register_variant(Variant('eager-ep', 'eager', 'entry-point plugin: eager'))\n")
     env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(site),
                                                       os.environ.get("PYTHONPATH")]))}
-    p = run_cli_process("variants", "--json", env=env, unset=("DENSEBENCH_PLUGINS",))
+    p = run_cli_process("variants", "--device", "cpu", "--json", env=env,
+                        unset=("DENSEBENCH_PLUGINS",))
     out, err = p.communicate(timeout=120)
     assert p.returncode == 0, err
     row = next(r for r in json.loads(out) if r["variant"] == "eager-ep")

@@ -189,7 +189,8 @@ def test_eval_parity_is_judged_against_its_threshold(cli, workdir):
 def test_unreadable_images_are_counted_or_strict(cli, workdir):
     root = _png_folder(workdir / "imgs", per_class=2, classes=10)
     (root / "class_0" / "broken.png").write_bytes(b"not a png")
-    args = ["eval", "-m", "densenet-tiny", "--num-classes", "10", "--image-size", SIZE,
+    args = ["eval", "--device", "cpu",
+            "-m", "densenet-tiny", "--num-classes", "10", "--image-size", SIZE,
             "--data", f"imagefolder:{root}", "-v", "eager"]
     r = cli(*args, "--json")
     assert r.exit_code == 0, r.stderr
@@ -212,7 +213,7 @@ def test_bad_imagefolders(cli, workdir, make, needle):
 
 
 def test_bad_cifar_and_class_mismatch(cli, workdir):
-    base = ["eval", "-m", "densenet-tiny", "--image-size", SIZE, "-v", "eager"]
+    base = ["eval", "--device", "cpu", "-m", "densenet-tiny", "--image-size", SIZE, "-v", "eager"]
     r = cli(*base, "--data", f"cifar10:{workdir / 'nothing'}")
     assert r.exit_code == 1 and "--download" in r.stderr
     bad = workdir / "bad" / "cifar-10-batches-py"

@@ -40,7 +40,7 @@ def _cells(out: str) -> dict:
 
 @pytest.mark.slow
 def test_openvino_variants_run_within_their_parity_and_reuse_their_artifacts(cli, workdir):
-    args = ("run", "-m", "densenet-tiny", "--image-size", TINY_SIZE, "-v",
+    args = ("run", "--device", "cpu", "-m", "densenet-tiny", "--image-size", TINY_SIZE, "-v",
             "openvino,openvino-int8", "-b", "2", "--mode", "model",
             "--min-iters", "3", "--min-time", "0.1", "--warmup", "1", "--repeats", "1",
             "--json")
@@ -145,7 +145,8 @@ def test_aoti_int8_is_compiled_once_into_the_cache_and_loaded_from_it(cli, workd
     """The compile-int8 model (torchao PT2E) as an AOTInductor package: the first run
     quantizes and compiles it into the cache, the second loads it (no quantizing, no
     compiling), and both agree with fp32 within int8's threshold."""
-    args = ("run", "-m", "densenet-tiny", "--image-size", TINY_SIZE, "-v", "aoti-int8",
+    args = ("run", "--device", "cpu",
+            "-m", "densenet-tiny", "--image-size", TINY_SIZE, "-v", "aoti-int8",
             "-b", "1,2", "--mode", "model", "--min-iters", "3", "--min-time", "0.1",
             "--warmup", "1", "--repeats", "1", "--json")
     from densebench.results.store import RunStore
@@ -174,7 +175,8 @@ def test_openvino_serves_instances_as_streams_of_one_throughput_model(cli, workd
     recorded with the cell; the single-stream result keeps the latency hint."""
     import os
 
-    base = ("run", "-m", "densenet-tiny", "--image-size", TINY_SIZE, "-v", "openvino",
+    base = ("run", "--device", "cpu",
+            "-m", "densenet-tiny", "--image-size", TINY_SIZE, "-v", "openvino",
             "--samples", "32", "--duration", "1s", "--max-batch", "2", "--no-isolate",
             "--json")
     r = cli(*base, "--scenario", "offline", "--instances", "2", "--threads", "1",

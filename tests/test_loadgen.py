@@ -247,7 +247,8 @@ def test_search_says_when_no_load_meets_the_budget(cli, workdir):
 
 
 def test_a_valid_to_invalid_change_is_a_regression(cli, workdir):
-    base = ["run", "-m", "pool-tiny", "-v", "sleep", "--scenario", "server", "--samples",
+    base = ["run", "--device", "cpu",
+            "-m", "pool-tiny", "-v", "sleep", "--scenario", "server", "--samples",
             "32", "--duration", "1s", "--percentile", "90", "--latency-budget", "30ms",
             "--no-isolate"]
     assert cli(*base, "--target-qps", "40", "--name", "calm").exit_code == 0

@@ -293,7 +293,8 @@ def test_more_threads_than_cores_is_warned_and_recorded(cli, workdir):
 def test_runs_directory_that_is_a_file(cli, workdir, monkeypatch):
     (workdir / "afile").write_text("")
     monkeypatch.setenv("DENSEBENCH_RUNS", str(workdir / "afile"))
-    for args in (["run", "-m", "pool-tiny", "-v", "sleep", "--iters", "2"], ["runs"]):
+    for args in (["run", "--device", "cpu",
+                  "-m", "pool-tiny", "-v", "sleep", "--iters", "2"], ["runs"]):
         r = cli(*args)
         assert r.exit_code == 1 and "is a file, not a directory" in r.stderr
 
