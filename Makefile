@@ -56,7 +56,8 @@ gpu-check:
 test: $(TEST_STAMP)
 	$(BIN)/python -m pytest -q
 
-# The edit-test loop: everything but full-size models, Ray clusters and LoadGen runs
+# The edit-test loop (about 2.5 minutes on 2 cores): everything but the tests marked slow (more
+# than a few seconds each), ray and loadgen
 test-quick: $(TEST_STAMP)
 	$(BIN)/python -m pytest -q -m "not slow and not ray and not loadgen"
 
