@@ -1,69 +1,94 @@
-"""`densebench search` as a library: the highest LoadGen Server QPS whose run is VALID with
-the chosen latency percentile under a budget, for each combination of variant, maximum
-batch and instance count, and the best configuration overall.
+"""`densebench search` as a library: what to deploy to serve Poisson load with a latency
+percentile under a budget, found by predicting, then verifying.
 
-For each combination (a job on an executor, like a `run` variant): prepare the variant
-once, then probe with full LoadGen Server runs: bracketing from half the capacity a quick
-timing predicts (doubling while VALID, halving while INVALID), then bisection until the
-bracket [highest VALID, lowest INVALID] is within ``precision`` (relative). Each probe is
-sized by query count as well as duration (LoadGen's early stopping needs several hundred
-queries before a p99 can be VALID), and every probe is stored (``probes.jsonl`` as it
-happens, and in the combination's cell). A combination that is INVALID even at a small
-fraction of its capacity cannot meet the budget, and says so. The search stops at
-``max_time`` with what it has found.
+1. **Screen** (a job per variant, on every host): prepare the variant for each split of
+   the cores into instances x threads (1 x 2 and 2 x 1 on 2 cores), and time its calls at
+   every batch size the batcher can form, with all instances busy at once (short closed
+   loops: about ``screen_time`` seconds a size). The same job measures the variant's
+   parity with eager fp32 (and top-1 with labelled ``data``).
+2. **Admit**: a variant beyond its precision's parity threshold, or whose top-1 drop's
+   upper bound exceeds ``max_accuracy_drop``, is left out, and the run says why.
+3. **Predict** (here, in a second or two): for every configuration (variant, split, max
+   batch, batch timeout), the highest Poisson rate whose simulated LoadGen Server runs
+   pass (``queueing.py``: densebench's own batcher replayed with the measured times).
+4. **Verify** the ``verify`` best predictions of each host with real LoadGen Server runs
+   on that host, starting at the prediction and bracketing around it to ``precision``;
+   every probe is stored with what the simulation predicted for it, and each verified
+   configuration with the prediction's error.
+5. **Answer**: the best verified configuration per host and overall; with
+   ``target_qps``, the replicas each host needs; with ``prices``, the cost per million
+   images at the budget, by which the hosts are ranked.
+
+The search stops at ``max_time`` with what it has found: nothing starts after it, and a
+LoadGen run in progress is cut there (LoadGen's ``max_duration``).
 """
 
 from __future__ import annotations
 
 import math
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
-from densebench.errors import bad_setting, check_threads, interrupted, one_line
-from densebench.executors import Task
-from densebench.prepare import ModelRef
+import numpy as np
+
+from densebench import queueing
+from densebench.errors import ConfigError, bad_setting, check_threads, interrupted, one_line
+from densebench.executors import Task, get_executor
+from densebench.parity import ParityAccumulator, threshold, within
+from densebench.prepare import ModelRef, prepare_variant
+from densebench.processes import usable_cores
 from densebench.results.schema import Cell
 
 Emit = Callable[[dict], None]
-SEARCH_COMBINATION = "densebench.search:search_combination"
-# INVALID at this fraction of the predicted capacity means the latency is not queueing (one
+# INVALID at this fraction of the predicted rate means the latency is not queueing (one
 # sample is slow, or threads contend): lower loads would not help, and probes there are
 # long (a p99 needs 662 queries whatever the rate)
 LOWEST_FRACTION = 1 / 4
+DEFAULT_MAX_BATCH = (1, 4, 8)
+DEFAULT_TIMEOUTS_MS = (0.0, 2.0)  # for max batches above 1
+PARITY_SAMPLES = 32  # screened for parity (and accuracy: the whole library with labels)
+MAX_INSTANCES = 8
 
 
 @dataclass
 class SearchConfig:
     latency_budget_ms: float
     percentile: float = 99.0
-    variants: list[str] = field(default_factory=lambda: ["eager"])
-    max_batch: list[int] = field(default_factory=lambda: [1])
-    instances: list[int] = field(default_factory=lambda: [1])
+    variants: list[str] | None = None  # None: every candidate (the quick set)
+    max_batch: list[int] = field(default_factory=lambda: list(DEFAULT_MAX_BATCH))
+    batch_timeout_ms: list[float] | None = None  # None: 0 and 2 ms above max batch 1
+    instances: list[int] | None = None  # None: every split of the cores
+    threads: int | None = None  # per instance; None: the cores shared out
     model: str = "densenet121"
     weights: str = "random"
     num_classes: int | None = None
     image_size: int | None = None
     device: str = "auto"
-    threads: int | None = None  # intra-op threads per instance
     oversubscribe: bool = False
-    batch_timeout_ms: float = 2.0
     samples: int = 256
     data: str = "synthetic"
     precision: float = 0.05
     probe_duration: float = 10.0  # seconds, at least, per probe
     min_queries: int | None = None  # per probe; default: what the percentile needs
-    start_qps: float | None = None
+    start_qps: float | None = None  # first probe; default: the prediction
     max_time: float | None = None  # seconds for the whole search
+    verify: int = 2  # configurations verified with LoadGen per host
+    screen_time: float = 0.5  # seconds of closed loop per batch size and split
+    max_probes: int = 8  # per verified configuration
+    target_qps: float | None = None  # replicas needed for this load
+    prices: dict[str, float] = field(default_factory=dict)  # host -> USD per hour
+    max_accuracy_drop: float = 0.01  # top-1, with labelled data: upper end of its interval
     executor: str = "subprocess"
+    address: str | None = None  # ray: the cluster
     timeout: float = 3600.0
     name: str | None = None
 
     def __post_init__(self):
-        from densebench.executors import get_executor
         from densebench.scenarios.loadgen import check_cores, require_loadgen
 
         if not self.latency_budget_ms > 0 or not math.isfinite(self.latency_budget_ms):
@@ -72,30 +97,37 @@ class SearchConfig:
         if not 0 < self.percentile < 100:
             raise bad_setting("percentile", f"must be between 0 and 100 (exclusive), got "
                               f"{self.percentile}")
-        if not self.variants:
+        if self.variants is not None and not self.variants:
             raise bad_setting("variants", "is empty: name at least one variant")
+        if not self.max_batch:
+            raise bad_setting("max_batch", "is empty: name at least one")
         for b in self.max_batch:
             if not isinstance(b, int) or b < 1:
                 raise bad_setting("max_batch", f"must be at least 1, got {b}")
-        for n in self.instances:
+        for n in self.instances or []:
             if not isinstance(n, int) or n < 1:
                 raise bad_setting("instances", f"must be at least 1, got {n}")
+        for t in self.batch_timeout_ms or []:
+            if not t >= 0:
+                raise bad_setting("batch_timeout_ms", f"must not be negative, got {t} ms")
         check_threads(self.threads)
-        if not 0 < self.precision < 1:
-            raise bad_setting("precision", f"must be between 0 and 1 (0.05 is 5%), got "
-                              f"{self.precision}")
-        if not self.probe_duration > 0:
-            raise bad_setting("probe_duration", f"must be positive, got {self.probe_duration}")
-        if self.max_time is not None and not self.max_time > 0:
-            raise bad_setting("max_time", f"must be positive, got {self.max_time}")
-        if self.start_qps is not None and not self.start_qps > 0:
-            raise bad_setting("start_qps", f"must be positive, got {self.start_qps}")
-        if self.samples < 1:
-            raise bad_setting("samples", f"must be at least 1, got {self.samples}")
-        if self.batch_timeout_ms < 0:
-            raise bad_setting("batch_timeout_ms", f"must not be negative, got "
-                              f"{self.batch_timeout_ms} ms")
-        for n in self.instances:
+        for setting, low in (("precision", 0), ("max_accuracy_drop", 0)):
+            v = getattr(self, setting)
+            if not low < v < 1:
+                raise bad_setting(setting, f"must be between 0 and 1 (0.05 is 5%), got {v}")
+        for setting in ("probe_duration", "max_time", "start_qps", "target_qps",
+                        "screen_time"):
+            v = getattr(self, setting)
+            if v is not None and not (v > 0 and math.isfinite(v)):
+                raise bad_setting(setting, f"must be positive, got {v}")
+        for setting in ("samples", "verify", "max_probes"):
+            if getattr(self, setting) < 1:
+                raise bad_setting(setting, f"must be at least 1, got {getattr(self, setting)}")
+        for host, usd in self.prices.items():
+            if not (usd > 0 and math.isfinite(usd)):
+                raise bad_setting("price", f"for {host} must be a positive USD per hour, "
+                                  f"got {usd}")
+        for n in self.instances or []:
             check_cores(n, self.threads, self.oversubscribe)
         require_loadgen()
         get_executor(self.executor)
@@ -103,35 +135,198 @@ class SearchConfig:
     def model_ref(self) -> ModelRef:
         return ModelRef(self.model, self.weights, self.num_classes, self.image_size)
 
+    def splits(self, cores: int, device: str = "cpu") -> list[tuple[int, int]]:
+        """(instances, threads per instance) to screen on a host with ``cores``."""
+        if self.instances:
+            return [(n, self.threads or max(1, cores // n)) for n in self.instances]
+        if device != "cpu":  # a GPU: streams, not a split of the cores
+            return [(1, self.threads or cores), (2, self.threads or max(1, cores // 2))]
+        out, n = [], 1
+        while n <= min(cores, MAX_INSTANCES):
+            t = self.threads or cores // n
+            if n * t <= cores or self.oversubscribe:
+                out.append((n, t))
+            n *= 2
+        return out
 
-# ============================================================================ one combination
+    def batch_sizes(self) -> list[int]:
+        """What screening times: every power of two up to the largest max batch, and each."""
+        top = max(self.max_batch)
+        sizes = {b for b in self.max_batch}
+        b = 1
+        while b <= top:
+            sizes.add(b)
+            b *= 2
+        return sorted(sizes)
+
+    def timeouts(self, max_batch: int) -> list[float]:
+        if max_batch == 1:
+            return [0.0]  # nothing to wait for
+        chosen = self.batch_timeout_ms if self.batch_timeout_ms is not None else \
+            DEFAULT_TIMEOUTS_MS
+        return [t for t in chosen if t < self.latency_budget_ms] or [0.0]
+
+    def queries(self) -> int:
+        from densebench.scenarios.loadgen import default_min_queries
+
+        return self.min_queries or default_min_queries(self.percentile)
+
+
+# ============================================================================ 1. screening
 
 
 @dataclass
-class SearchTask(Task):
-    """One (variant, max batch, instances) combination, probed in its worker: the payload
-    of a search's job."""
+class ScreenTask(Task):
+    """One variant's screening on one host: the payload of a screening job."""
 
-    TARGET: ClassVar[str] = SEARCH_COMBINATION
+    TARGET: ClassVar[str] = "densebench.search:screen_variant"
+    config: dict  # SearchConfig, asdict
+    variant: str
+    device: str
+    cells: list[dict]  # the one planned screening cell
+    threads: int | None = None  # the host's cores for the job (a cluster node's share)
+    deadline: float | None = None
+
+
+def screen_variant(payload: dict, emit: Emit) -> None:
+    from densebench.environment import host_identity
+    from densebench.scenarios.loadgen import SampleLibrary
+    from densebench.variants import get_variant
+
+    task = ScreenTask.from_payload(payload)
+    cfg = SearchConfig(**task.config)
+    variant = get_variant(task.variant)
+    planned = Cell.from_dict({**task.cells[0], "host": host_identity()})
+    cores = task.threads or usable_cores()
+    sizes = cfg.batch_sizes()
+
+    def phase(name: str) -> None:
+        emit({"event": "phase", "variant": variant.label, "phase": name})
+
+    splits, loaded, library, parity, accuracy, cold = [], None, None, None, None, {}
+    try:
+        for n, t in cfg.splits(cores, task.device):
+            if task.deadline is not None and time.time() >= task.deadline:
+                break
+            prepared = prepare_variant(variant, cfg.model_ref(), task.device, t,
+                                       loaded=loaded, phase=phase)
+            loaded, cold = prepared.loaded, cold or dict(prepared.cold_start)
+            if library is None:
+                phase("sample library")
+                library = SampleLibrary.build(prepared, cfg.samples, cfg.data)
+                phase("parity")
+                parity, accuracy = screen_answers(prepared.session, library)
+            sessions = prepared.sessions(n)
+            phase(f"screen {n} x {t}: batch {', '.join(map(str, sizes))}")
+            times = service_times(sessions, library, sizes, cfg.screen_time)
+            splits.append({"instances": n, "threads": t, "service_ms": times,
+                           "options": dict(sessions[0].options)})
+            del sessions, prepared
+    except Exception as e:
+        emit({"event": "cell", "cell": planned.failed(one_line(e)).to_dict()})
+        return
+    if not splits:
+        emit({"event": "cell", "cell": planned.failed(
+            "not screened: time limit (max_time) reached").to_dict()})
+        return
+    b1 = splits[0]["service_ms"][str(sizes[0])]
+    cell = Cell.from_dict({
+        **planned.to_dict(), "status": "ok", "parity": parity, "accuracy": accuracy,
+        "cold_start": cold, "threads": cores,
+        "search": {"phase": "screen", "cores": cores, "splits": splits, "sizes": sizes,
+                   "one_sample_ms": float(np.median(b1))},
+    })
+    emit({"event": "cell", "cell": cell.to_dict()})
+
+
+def screen_answers(session, library) -> tuple[dict, dict | None]:
+    """Parity with eager fp32 on the library's first samples (all of them, and top-1,
+    where the library has labels)."""
+    import torch
+
+    n = library.count if library.labels is not None else min(library.count, PARITY_SAMPLES)
+    par, outs = ParityAccumulator(), []
+    for i in range(0, n, 8):
+        out = session.e2e(library.images[i:i + 8]).float()
+        par.add(out, library.reference[i:i + 8])
+        outs.append(out)
+    if library.labels is None:
+        return par.result(), None
+    got = torch.cat(outs).argmax(1)
+    labels = library.labels[:n]
+    ref = library.reference[:n].argmax(1)
+    return par.result(), {"images": n, "top1": float((got == labels).float().mean()),
+                          "reference_top1": float((ref == labels).float().mean()),
+                          "drop_upper": drop_upper(ref == labels, got == labels)}
+
+
+def drop_upper(ref_correct, got_correct, z: float = 1.959964) -> float:
+    """The upper end of the 95% interval of top-1's drop, paired over the same images."""
+    d = ref_correct.float() - got_correct.float()
+    n = len(d)
+    mean = float(d.mean())
+    se = float(d.std(unbiased=True)) / math.sqrt(n) if n > 1 else 1.0
+    return mean + z * max(se, 1.0 / n)
+
+
+def service_times(sessions, library, sizes: list[int], min_time: float) -> dict:
+    """Milliseconds per call at each batch size, every instance calling at once (as they
+    do near capacity): at least ``min_time`` seconds and 3 calls an instance per size."""
+    out = {}
+    for b in sizes:
+        x = library.images[[i % library.count for i in range(b)]]
+        for s in sessions:  # each shape's first call (a compile, an allocation) untimed
+            s.e2e(x)
+        calls: list[list[float]] = [[] for _ in sessions]
+        start = threading.Barrier(len(sessions))
+        threads = [threading.Thread(target=_calls, args=(s, x, start, min_time, into))
+                   for s, into in zip(sessions, calls, strict=True)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        out[str(b)] = [round(v, 4) for c in calls for v in c]
+    return out
+
+
+def _calls(session, x, start: threading.Barrier, min_time: float, into: list) -> None:
+    """One instance's closed loop: calls ``session`` on ``x`` for ``min_time`` seconds and
+    at least 3 times, once every instance is ready, into ``into`` (ms)."""
+    start.wait()
+    t_end = time.perf_counter() + min_time
+    while time.perf_counter() < t_end or len(into) < 3:
+        t0 = time.perf_counter()
+        session.e2e(x)
+        into.append((time.perf_counter() - t0) * 1e3)
+
+
+# ============================================================================ 4. verifying
+
+
+@dataclass
+class VerifyTask(Task):
+    """One predicted configuration, verified with LoadGen Server runs on its host."""
+
+    TARGET: ClassVar[str] = "densebench.search:verify_configuration"
     config: dict  # SearchConfig, asdict
     variant: str
     device: str
     threads: int  # per instance
-    max_batch: int
     instances: int
+    max_batch: int
+    batch_timeout_ms: float
+    service_ms: dict  # the screened times, by batch size (what each probe is predicted from)
+    predicted_qps: float
     cells: list[dict]  # the one planned cell
     run_dir: str
-    deadline: float | None = None  # time.time() past which no probe starts (max_time)
+    deadline: float | None = None
 
 
-def search_combination(payload: dict, emit: Emit) -> None:
-    """Probe one (variant, max batch, instances) combination; emit its probes and a cell."""
+def verify_configuration(payload: dict, emit: Emit) -> None:
     from densebench.environment import host_identity
-    from densebench.prepare import prepare_variant
     from densebench.scenarios.loadgen import (
         SampleLibrary,
         Server,
-        default_min_queries,
         require_loadgen,
         verdict,
         warm_up,
@@ -139,13 +334,15 @@ def search_combination(payload: dict, emit: Emit) -> None:
     from densebench.variants import get_variant
 
     lg = require_loadgen()
-    task = SearchTask.from_payload(payload)
+    task = VerifyTask.from_payload(payload)
     cfg = SearchConfig(**task.config)
     variant = get_variant(task.variant)
     planned = Cell.from_dict({**task.cells[0], "host": host_identity()})
-    max_batch, instances, deadline = task.max_batch, task.instances, task.deadline
-    workdir = Path(task.run_dir)
-    label = f"{variant.label} b{max_batch} x{instances}"
+    serving = queueing.Serving(task.max_batch, task.batch_timeout_ms, task.instances)
+    service = queueing.ServiceTimes.from_dict(task.service_ms)
+    workdir, deadline = Path(task.run_dir), task.deadline
+    label = config_label(task.variant, task.max_batch, task.batch_timeout_ms,
+                         task.instances, task.threads)
 
     def phase(name: str) -> None:
         emit({"event": "phase", "variant": label, "phase": name})
@@ -155,25 +352,22 @@ def search_combination(payload: dict, emit: Emit) -> None:
                                    phase=phase)
         phase("sample library")
         library = SampleLibrary.build(prepared, cfg.samples, cfg.data)
-        sessions = prepared.sessions(instances)
+        sessions = prepared.sessions(task.instances)
         phase("warm-up")
-        timing = warm_up(sessions, library, max_batch)
-        per_batch_s = timing["batch_ms"] / 1e3
+        timing = warm_up(sessions, library, task.max_batch)
     except Exception as e:
         emit({"event": "cell", "cell": planned.failed(one_line(e)).to_dict()})
         return
     scenario = Server()
-    # what a saturated batcher could serve, if batches were always full
-    capacity = instances * max_batch / per_batch_s
-    min_queries = cfg.min_queries or default_min_queries(cfg.percentile)
+    min_queries = cfg.queries()
     probes: list[dict] = []
     best: dict | None = None
     stopped = None
 
     def probe(qps: float) -> bool:
         nonlocal best
-        s = {"samples": cfg.samples, "max_batch": max_batch,
-             "batch_timeout_ms": cfg.batch_timeout_ms, "instances": instances,
+        s = {"samples": cfg.samples, "max_batch": task.max_batch,
+             "batch_timeout_ms": task.batch_timeout_ms, "instances": task.instances,
              "threads_per_instance": task.threads,
              "duration_ms": int(cfg.probe_duration * 1000), "min_query_count": min_queries,
              "official": False, "accuracy": False, "data": cfg.data, "target_qps": qps,
@@ -181,15 +375,20 @@ def search_combination(payload: dict, emit: Emit) -> None:
              if deadline is not None else None,
              "latency_budget_ms": cfg.latency_budget_ms, "percentile": cfg.percentile,
              "samples_per_query": None, "expected_qps": None}
-        phase(f"probe {len(probes) + 1}: {qps:.3g} QPS")
+        phase(f"probe {len(probes) + 1}: {qps:.4g} QPS")
         out = workdir / "loadgen" / f"search-{_safe(label)}" / f"probe-{len(probes) + 1:02d}"
         out.mkdir(parents=True, exist_ok=True)
         detail, batcher, wall = scenario.run_loadgen(lg, sessions, library, s, timing, out)
         v = verdict(detail, cfg.latency_budget_ms, cfg.percentile)
         fig = scenario.figures(detail, s)
-        rec = {"combination": label, "variant": variant.label, "max_batch": max_batch,
-               "instances": instances, "qps": qps, **v,
+        predicted = queueing.predict(service, serving, qps, cfg.latency_budget_ms,
+                                     cfg.percentile, cfg.probe_duration, min_queries)
+        rec = {"combination": label, "variant": variant.label, "max_batch": task.max_batch,
+               "batch_timeout_ms": task.batch_timeout_ms, "instances": task.instances,
+               "threads": task.threads, "host": planned.host, "qps": qps, **v,
                "percentile_latency_ms": fig["percentile_latency_ms"],
+               "early_stopping_ms": _early_stopping_ms(detail),
+               "predicted": predicted.to_dict(),
                "completed_qps": fig["completed_samples_per_sec"],
                "scheduled_qps": fig["scheduled_samples_per_sec"],
                "query_count": detail.get("result_query_count"), "wall_s": round(wall, 2),
@@ -202,35 +401,36 @@ def search_combination(payload: dict, emit: Emit) -> None:
             best = {"probe": rec, "detail": detail, "settings": s}
         return valid
 
-    def time_left() -> bool:
+    def go_on() -> bool:
         nonlocal stopped
         if deadline is not None and time.time() >= deadline:
             stopped = "time limit (max_time) reached"
-            return False
-        return True
+        elif len(probes) >= cfg.max_probes:
+            stopped = f"{cfg.max_probes} probes (max_probes)"
+        return stopped is None
 
+    predicted = task.predicted_qps
     lo = hi = None  # highest VALID, lowest INVALID
-    q = cfg.start_qps or 0.5 * capacity
-    if timing["one_ms"] > cfg.latency_budget_ms:  # no load is low enough
-        stopped = (f"cannot meet p{cfg.percentile:g} <= {cfg.latency_budget_ms:g} ms at any "
-                   f"load: one sample alone takes {timing['one_ms']:.3g} ms")
-    while stopped is None and time_left():
+    q = cfg.start_qps or predicted
+    step = 1.25  # around the prediction first; doubled each step the bracket is not found
+    while go_on():
         if probe(q):
             lo = q
             if hi is not None:
                 break
-            q *= 2
+            q *= step
         else:
             hi = q
             if lo is not None:
                 break
-            if q <= LOWEST_FRACTION * capacity * 1.0001:
+            if q <= LOWEST_FRACTION * predicted * 1.0001:
                 stopped = (f"cannot meet p{cfg.percentile:g} <= {cfg.latency_budget_ms:g} ms "
-                           f"even at {q:.3g} QPS ({q / capacity:.0%} of the predicted "
-                           "capacity), where the latency is not queueing")
+                           f"even at {q:.3g} QPS ({q / predicted:.0%} of the predicted "
+                           "rate), where the latency is not queueing")
                 break
-            q /= 2
-    while lo is not None and hi is not None and hi / lo - 1 > cfg.precision and time_left():
+            q = max(q / step, LOWEST_FRACTION * predicted)
+        step = min(step * step, 2.0)
+    while lo is not None and hi is not None and hi / lo - 1 > cfg.precision and go_on():
         mid = math.sqrt(lo * hi)
         if probe(mid):
             lo = mid
@@ -239,17 +439,18 @@ def search_combination(payload: dict, emit: Emit) -> None:
     if stopped is None:
         stopped = "bracket within precision" if lo is not None and hi is not None else \
             "no bracket"
-    search = {"latency_budget_ms": cfg.latency_budget_ms, "percentile": cfg.percentile,
-              "precision": cfg.precision, "best_qps": lo, "lowest_invalid_qps": hi,
-              "predicted_capacity_qps": capacity, "batch_latency_ms": per_batch_s * 1e3,
-              "one_sample_ms": timing["one_ms"],
+    search = {"phase": "verify", "latency_budget_ms": cfg.latency_budget_ms,
+              "percentile": cfg.percentile, "precision": cfg.precision, "best_qps": lo,
+              "lowest_invalid_qps": hi, "predicted_qps": predicted,
+              "prediction_error": predicted / lo - 1 if lo else None,
+              "predicted_capacity_qps": service.capacity(task.max_batch, task.instances),
+              "one_sample_ms": timing["one_ms"], "batch_latency_ms": timing["batch_ms"],
               "min_queries_per_probe": min_queries, "probe_duration_s": cfg.probe_duration,
-              "stopped": stopped, "probes": probes,
-              "met": lo is not None}
+              "stopped": stopped, "probes": probes, "met": lo is not None}
+    base = {**planned.to_dict(), "status": "ok", "search": search,
+            "cold_start": dict(prepared.cold_start), "options": prepared.session.options}
     if best is None:
-        cell = Cell.from_dict({**planned.to_dict(), "status": "ok", "search": search,
-                               "scenario_settings": {**planned.scenario_settings},
-                               "cold_start": dict(prepared.cold_start)})
+        cell = Cell.from_dict(base)
     else:
         s = best["settings"]
         v = {k: best["probe"][k] for k in ("validity", "reasons")}
@@ -257,13 +458,20 @@ def search_combination(payload: dict, emit: Emit) -> None:
                    "query_count": best["probe"]["query_count"], "short_run": True,
                    "duration_ms": s["duration_ms"], "batch_sizes": best["probe"]["batch_sizes"],
                    "logs": {"dir": best["probe"]["logs"]}}
-        cell = Cell.from_dict({
-            **planned.to_dict(), "status": "ok",
-            "stats": scenario.stats(best["detail"], s, lg_info), "loadgen": lg_info,
-            "search": search, "scenario_settings": s, "timer": "loadgen",
-            "cold_start": dict(prepared.cold_start), "options": prepared.session.options,
-        })
+        cell = Cell.from_dict({**base, "stats": scenario.stats(best["detail"], s, lg_info),
+                               "loadgen": lg_info, "scenario_settings": s, "timer": "loadgen"})
     emit({"event": "cell", "cell": cell.to_dict()})
+
+
+def _early_stopping_ms(detail: dict) -> float | None:
+    v = detail.get("early_stopping_latency_ss") or detail.get("early_stopping_latency_ms")
+    return None if v is None else float(v) / 1e6
+
+
+def config_label(variant: str, max_batch: int, timeout_ms: float, instances: int,
+                 threads: int) -> str:
+    wait = f"/{timeout_ms:g}ms" if max_batch > 1 else ""
+    return f"{variant} b{max_batch}{wait} {instances}x{threads}"
 
 
 def _safe(text: str) -> str:
@@ -274,41 +482,34 @@ def _safe(text: str) -> str:
 
 
 def run_search(cfg: SearchConfig, *, progress: Emit | None = None, store=None):
-    """Search every combination; return the stored run (kind ``search``)."""
-    import torch
-
+    """Screen, admit, predict, verify, answer; return the stored run (kind ``search``)."""
+    from densebench.config import RunConfig
     from densebench.devices import resolve_device
     from densebench.environment import fingerprint, host_identity
-    from densebench.executors import get_executor
     from densebench.models import check_image_size, load_model
+    from densebench.pipeline import export_ahead
     from densebench.results.store import RunStore
-    from densebench.scenarios.loadgen import check_cores
     from densebench.variants import expand
 
     emit = progress or (lambda ev: None)
     device = resolve_device(cfg.device)
-    variants, skipped = expand(cfg.variants, ["default"], device)
+    variants, skipped = expand(cfg.variants or ["quick"], ["default"], device)
     loaded = load_model(cfg.model, cfg.weights, cfg.num_classes)
     image_size = cfg.image_size or loaded.default_image_size
     check_image_size(cfg.model, image_size, cfg.num_classes)
+    options = {"address": cfg.address} if cfg.executor == "ray" else {}
     store = store or RunStore()
-    combos = [(v, b, n) for v in variants for b in cfg.max_batch for n in cfg.instances]
     rec = store.create("search", cfg.name, asdict(cfg), fingerprint(), extra={
         "command": sys.argv, "device": device, "scenario": "server",
-        "threads": cfg.threads or torch.get_num_threads(),
         "model": {"name": cfg.model, "weights": loaded.weights.label,
                   "weights_id": loaded.weights_id, "random_weights": loaded.random_weights,
                   "weights_description": loaded.describe_weights(),
                   "num_classes": loaded.num_classes, "image_size": image_size},
-        "skipped": skipped,
-        "plan": [f"{v.label} b{b} x{n}" for v, b, n in combos],
+        "skipped": skipped, "plan": [v.label for v in variants],
     })
-    emit({"event": "start", "run": rec.id, "path": str(rec.path), "cells": len(combos),
-          "variants": [v.label for v in variants], "skipped": skipped})
+    executor = get_executor(cfg.executor, log_dir=rec.path / "logs", **options)
     deadline = time.time() + cfg.max_time if cfg.max_time else None
-    host = host_identity()
-    executor = get_executor(cfg.executor, log_dir=rec.path / "logs")
-    config = asdict(cfg)
+    config, host = asdict(cfg), host_identity()
 
     def on_event(ev: dict) -> None:
         if ev.get("event") == "cell":
@@ -318,51 +519,245 @@ def run_search(cfg: SearchConfig, *, progress: Emit | None = None, store=None):
         emit(ev)
 
     try:
-        for v, b, n in combos:
-            threads = check_cores(n, cfg.threads, cfg.oversubscribe)
-            settings = {"latency_budget_ms": cfg.latency_budget_ms,
-                        "percentile": cfg.percentile, "max_batch": b, "instances": n,
-                        "threads_per_instance": threads,
-                        "batch_timeout_ms": cfg.batch_timeout_ms, "samples": cfg.samples,
-                        "data": cfg.data, "search": True}
-            cell = Cell(model=cfg.model, variant=v.label, batch_size=b, mode="e2e",
-                        device=device, scenario="server", host=host, status="planned",
-                        precision=v.precision, backend=v.backend, description=v.description,
-                        threads=threads, scenario_settings=settings)
-            if deadline is not None and time.time() >= deadline:
-                rec.add_cell(cell.failed("not searched: time limit (max_time) reached"))
-                continue
-            task = SearchTask(config=config, variant=v.label, device=device, threads=threads,
-                              max_batch=b, instances=n, cells=[cell.to_dict()],
-                              run_dir=str(rec.path), deadline=deadline)
-            executor.run(task.job(f"search-{_safe(v.label)}-b{b}-x{n}", timeout=cfg.timeout),
-                         on_event)
+        rec.data["executor"] = executor.describe()
+        emit({"event": "start", "run": rec.id, "path": str(rec.path),
+              "cells": len(variants), "variants": [v.label for v in variants],
+              "skipped": skipped})
+        rc = RunConfig(model=cfg.model, weights=cfg.weights, num_classes=cfg.num_classes,
+                       image_size=cfg.image_size, variants=[v.label for v in variants],
+                       device=device, timeout=cfg.timeout)
+        export_ahead(rc, variants, device, loaded, image_size, executor, emit)
+        jobs = [ScreenTask(config=config, variant=v.label, device=device, deadline=deadline,
+                           cells=[screen_cell(cfg, v, device, host).to_dict()])
+                .job(f"screen-{_safe(v.label)}", timeout=cfg.timeout) for v in variants]
+        executor.check(jobs)
+        executor.run_all(jobs, on_event, placement="each")
+        screened = [c for c in rec.cells if (c.search or {}).get("phase") == "screen"]
+        admitted, refused = admit(screened, cfg)
+        rec.data["not_admitted"] = refused
+        for r in refused:
+            emit({"event": "phase", "variant": r["variant"],
+                  "phase": f"not admitted: {r['why']}"})
+        predictions = predict_all(admitted, cfg)
+        rec.data["predictions"] = predictions
+        for p in predictions:
+            rec.append_record("predictions.jsonl", p)
+        chosen = choose(predictions, cfg.verify)
+        jobs = []
+        for p in chosen:
+            cell = verify_cell(cfg, p, device)
+            jobs.append(VerifyTask(
+                config=config, variant=p["variant"], device=device, threads=p["threads"],
+                instances=p["instances"], max_batch=p["max_batch"],
+                batch_timeout_ms=p["batch_timeout_ms"], service_ms=p["service_ms"],
+                predicted_qps=p["qps"], cells=[cell.to_dict()], run_dir=str(rec.path),
+                deadline=deadline).job(f"verify-{_safe(p['label'])}", timeout=cfg.timeout,
+                                        needs={"host": p["host"]}))
+        emit({"event": "more", "cells": len(jobs)})
+        emit({"event": "phase", "variant": "search",
+              "phase": f"verifying {len(jobs)} of {len(predictions)} predicted "
+                       "configuration(s) with LoadGen"})
+        if deadline is not None and time.time() >= deadline:
+            for j in jobs:
+                rec.add_cell(Cell.from_dict(j.cells[0]).failed(
+                    "not verified: time limit (max_time) reached"))
+        else:
+            executor.run_all(jobs, on_event, placement="each")
     except KeyboardInterrupt as e:
         rec.finish("incomplete")
-        raise interrupted(e, f"search {rec.id} kept its finished combinations and every "
-                          "probe, and is marked incomplete") from None
-    rec.data["best"] = best_configuration(rec, cfg)
+        raise interrupted(e, f"search {rec.id} kept what it screened and verified, and "
+                          "every probe, and is marked incomplete") from None
+    finally:
+        executor.close()
+    rec.data["answer"] = answer(rec, cfg)
+    rec.data["best"] = (rec.data["answer"] or {}).get("best")
     rec.finish("complete")
     emit({"event": "end", "run": rec.id})
     return rec
 
 
-def best_configuration(rec, cfg: SearchConfig) -> dict | None:
-    """The combination with the highest VALID QPS, with the command that reproduces it."""
-    found = [c for c in rec.cells if c.ok and c.search and c.search.get("best_qps")]
-    if not found:
+def plan_search(cfg: SearchConfig) -> dict:
+    """What a search would screen and predict on this machine, without running it."""
+    from densebench.devices import resolve_device
+    from densebench.variants import expand
+
+    device = resolve_device(cfg.device)
+    variants, skipped = expand(cfg.variants or ["quick"], ["default"], device)
+    splits = cfg.splits(usable_cores(), device)
+    serving = [{"max_batch": b, "batch_timeout_ms": t} for b in cfg.max_batch
+               for t in cfg.timeouts(b)]
+    return {"device": device, "variants": [v.label for v in variants], "skipped": skipped,
+            "splits": [{"instances": n, "threads": t} for n, t in splits],
+            "batch_sizes_screened": cfg.batch_sizes(), "serving": serving,
+            "configurations": len(variants) * len(splits) * len(serving),
+            "verified_per_host": cfg.verify}
+
+
+def screen_cell(cfg: SearchConfig, v, device: str, host: dict) -> Cell:
+    return Cell(model=cfg.model, variant=v.label, batch_size=max(cfg.max_batch), mode="e2e",
+                device=device, scenario="server", host=host, status="planned",
+                precision=v.precision, backend=v.backend, description=v.description,
+                axes={"search": "screen"},
+                scenario_settings={"samples": cfg.samples, "data": cfg.data,
+                                   "screen_time_s": cfg.screen_time})
+
+
+def verify_cell(cfg: SearchConfig, p: dict, device: str) -> Cell:
+    return Cell(model=cfg.model, variant=p["variant"], batch_size=p["max_batch"],
+                mode="e2e", device=device, scenario="server", host=p["host"],
+                status="planned", precision=p["precision"], backend=p["backend"],
+                threads=p["threads"],
+                axes={"search": "verify", "instances": p["instances"],
+                      "batch_timeout_ms": p["batch_timeout_ms"]},
+                scenario_settings={"latency_budget_ms": cfg.latency_budget_ms,
+                                   "percentile": cfg.percentile, "max_batch": p["max_batch"],
+                                   "instances": p["instances"],
+                                   "threads_per_instance": p["threads"],
+                                   "batch_timeout_ms": p["batch_timeout_ms"],
+                                   "samples": cfg.samples, "data": cfg.data, "search": True})
+
+
+# ============================================================================ 2, 3 and 5
+
+
+def admit(screened: list[Cell], cfg: SearchConfig) -> tuple[list[Cell], list[dict]]:
+    """The screened variants that may be served: they ran, their parity is within their
+    precision's threshold, and (with labels) top-1 drops by no more than allowed."""
+    ok, refused = [], []
+    for c in screened:
+        why = None
+        if not c.ok:
+            why = f"screening failed: {c.error}"
+        elif within(c.precision, c.parity) is False:
+            rel = c.parity["max_abs_error"] / c.parity["max_abs_reference"]
+            why = (f"parity beyond its {c.precision or 'fp32'} threshold (max |error| "
+                   f"{rel:.2g} of the largest logit; allowed {threshold(c.precision):g})")
+        elif c.accuracy and c.accuracy["drop_upper"] > cfg.max_accuracy_drop:
+            why = (f"top-1 may drop by up to {c.accuracy['drop_upper']:.1%} "
+                   f"(95% upper bound, {c.accuracy['images']} images), more than "
+                   f"--max-accuracy-drop {cfg.max_accuracy_drop:.1%}")
+        if why:
+            refused.append({"variant": c.variant, "host": c.host, "why": why})
+        else:
+            ok.append(c)
+    return ok, refused
+
+
+def predict_all(screened: list[Cell], cfg: SearchConfig) -> list[dict]:
+    """Every configuration's highest predicted rate within the budget, best first."""
+    out = []
+    for c in screened:
+        for split in c.search["splits"]:
+            service = queueing.ServiceTimes.from_dict(split["service_ms"])
+            for b in cfg.max_batch:
+                for timeout in cfg.timeouts(b):
+                    serving = queueing.Serving(b, timeout, split["instances"])
+                    p = queueing.max_rate(service, serving, cfg.latency_budget_ms,
+                                          cfg.percentile, cfg.probe_duration, cfg.queries())
+                    out.append({
+                        "label": config_label(c.variant, b, timeout, split["instances"],
+                                              split["threads"]),
+                        "variant": c.variant, "precision": c.precision,
+                        "backend": c.backend, "host": c.host, "max_batch": b,
+                        "batch_timeout_ms": timeout, "instances": split["instances"],
+                        "threads": split["threads"],
+                        "qps": p.rate if p else None,
+                        "why": None if p else _why_not(service, serving, cfg),
+                        "percentile_ms": p.percentile_ms if p else None,
+                        "capacity_qps": service.capacity(b, split["instances"]),
+                        "service_ms": split["service_ms"]})
+    return sorted(out, key=lambda p: -(p["qps"] or 0))
+
+
+def _why_not(service, serving, cfg: SearchConfig) -> str:
+    one = service.median(1)
+    if one > cfg.latency_budget_ms:
+        return f"one sample alone takes {one:.3g} ms (over the {cfg.latency_budget_ms:g} ms budget)"
+    return (f"even a trickle of load is predicted over the budget at max batch "
+            f"{serving.max_batch} (a batch waits {serving.batch_timeout_ms:g} ms)")
+
+
+def choose(predictions: list[dict], k: int) -> list[dict]:
+    """The ``k`` best predictions of each host (those that can meet the budget at all)."""
+    per: dict = {}
+    for p in predictions:
+        if p["qps"]:
+            per.setdefault(_host_name(p["host"]), []).append(p)
+    out = []
+    for ps in per.values():  # different variants first: the runtime decides most
+        firsts = [p for i, p in enumerate(ps)
+                  if all(q["variant"] != p["variant"] for q in ps[:i])]
+        out += (firsts + [p for p in ps if p not in firsts])[:k]
+    return out
+
+
+def _host_name(host: dict) -> str:
+    return host.get("node") or host.get("hostname") or "?"
+
+
+def answer(rec, cfg: SearchConfig) -> dict | None:
+    """The best verified configuration per host and overall, with replicas and cost."""
+    verified = [c for c in rec.cells if c.ok and (c.search or {}).get("phase") == "verify"
+                and c.search.get("best_qps")]
+    hosts: dict[str, dict] = {}
+    for c in verified:
+        name = _host_name(c.host)
+        if name not in hosts or c.search["best_qps"] > hosts[name]["qps"]:
+            hosts[name] = best_record(c, cfg)
+    if not hosts:
         return None
-    c = max(found, key=lambda c: c.search["best_qps"])
-    s = c.scenario_settings
-    qps = c.search["best_qps"]
+    for name, h in hosts.items():
+        price = cfg.prices.get(name) or cfg.prices.get(h["host"].get("hostname") or "")
+        h["replicas"] = math.ceil(cfg.target_qps / h["qps"]) if cfg.target_qps else None
+        if price:
+            h["usd_per_hour"] = price
+            h["usd_per_million"] = price / (h["qps"] * 3600) * 1e6
+            if cfg.target_qps:
+                h["fleet_usd_per_hour"] = h["replicas"] * price
+                h["usd_per_million_at_target"] = (h["replicas"] * price
+                                                  / (cfg.target_qps * 3600) * 1e6)
+    unknown = [n for n in cfg.prices if n not in hosts and
+               not any(h["host"].get("hostname") == n for h in hosts.values())]
+    if cfg.prices:
+        ranked = sorted(hosts.values(), key=lambda h: (
+            h.get("usd_per_million_at_target") or h.get("usd_per_million") or math.inf,
+            -h["qps"]))
+    else:
+        ranked = sorted(hosts.values(), key=lambda h: -h["qps"])
+    return {"best": ranked[0], "hosts": ranked, "target_qps": cfg.target_qps,
+            "prices_for_no_host": unknown}
+
+
+def best_record(c: Cell, cfg: SearchConfig) -> dict:
+    s, qps = c.search, c.search["best_qps"]
+    inst, threads = c.axes["instances"], c.threads
+    timeout = c.axes["batch_timeout_ms"]
     cmd = (f"densebench run --scenario server --model {cfg.model} --weights {cfg.weights} "
            + (f"--image-size {cfg.image_size} " if cfg.image_size else "")
            + f"--device {c.device} -v {c.variant} --max-batch {c.batch_size} "
-           f"--instances {s['instances']} --threads {s['threads_per_instance']} "
-           f"--batch-timeout {cfg.batch_timeout_ms:g}ms --target-qps {qps:.4g} "
+           f"--instances {inst} --threads {threads} "
+           f"--batch-timeout {timeout:g}ms --target-qps {qps:.4g} "
            f"--latency-budget {cfg.latency_budget_ms:g}ms --percentile {cfg.percentile:g} "
            f"--duration {cfg.probe_duration:g}s")
-    return {"variant": c.variant, "max_batch": c.batch_size, "instances": s["instances"],
-            "threads_per_instance": s["threads_per_instance"], "qps": qps,
+    return {"host": c.host, "host_name": _host_name(c.host), "variant": c.variant,
+            "max_batch": c.batch_size, "batch_timeout_ms": timeout, "instances": inst,
+            "threads_per_instance": threads, "qps": qps, "predicted_qps": s["predicted_qps"],
+            "prediction_error": s["prediction_error"],
             "percentile_latency_ms": (c.loadgen or {}).get("percentile_latency_ms"),
             "command": cmd}
+
+
+def parse_prices(items: list[str]) -> dict[str, float]:
+    """``HOST=USD_PER_HOUR`` pairs (``--price``)."""
+    out = {}
+    for item in items:
+        host, sep, usd = item.partition("=")
+        try:
+            out[host.strip()] = float(usd)
+        except ValueError:
+            raise ConfigError(f"--price {item!r} is not HOST=USD_PER_HOUR (e.g. "
+                              f"myhost=0.34)", setting="price") from None
+        if not sep or not host.strip():
+            raise ConfigError(f"--price {item!r} is not HOST=USD_PER_HOUR (e.g. "
+                              f"myhost=0.34)", setting="price")
+    return out

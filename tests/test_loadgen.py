@@ -1,12 +1,10 @@
-"""MLPerf LoadGen scenarios and the latency-budget search: real LoadGen runs, a few seconds
+"""MLPerf LoadGen scenarios: real LoadGen runs, a few seconds
 each, on densenet-tiny and on the test runtime whose service time is known."""
 
 from __future__ import annotations
 
 import json
 import os
-import re
-import signal
 import subprocess
 import sys
 
@@ -17,7 +15,7 @@ from PIL import Image
 from densebench.results.store import RunStore, load_run
 from densebench.run import RunConfig, run_benchmark
 
-from .conftest import TINY_SIZE, blocked_at, plain_sleep_ms, run_cli_process, wait_for
+from .conftest import TINY_SIZE, plain_sleep_ms
 
 pytestmark = pytest.mark.loadgen
 CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
@@ -114,138 +112,6 @@ def test_server_batcher_waits_only_as_long_as_its_timeout(workdir):
     assert mean_batch(waits) > 2.0  # ~4 arrivals per 40 ms gathered into batches
 
 
-def _md1_percentile(lam, service, pct, n=40_000, seed=0):
-    """M/D/1 sojourn-time percentile by Lindley's recursion (Poisson arrivals at ``lam``)."""
-    gaps = np.random.default_rng(seed).exponential(1 / lam, n)
-    work, soj = 0.0, np.empty(n)
-    for i, g in enumerate(gaps):
-        work = max(0.0, work - g) + service
-        soj[i] = work
-    return np.percentile(soj, pct)
-
-
-def _md1_max_rate(service, budget, pct):
-    lo, hi = 0.01 / service, 0.999 / service
-    for _ in range(30):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if _md1_percentile(mid, service, pct) <= budget else (lo, mid)
-    return lo
-
-
-def test_search_finds_the_rate_queueing_predicts(cli, workdir):
-    r = cli("search", "--device", "cpu",
-            "-m", "pool-tiny", "-v", "sleep", "--latency-budget", "30ms",
-            "--percentile", "90", "--probe-duration", "1.5s", "--precision", "0.1",
-            "--samples", "64", "--no-isolate", "--json")
-    assert r.exit_code == 0, r.stderr
-    out = json.loads(r.stdout)
-    (combo,) = out["combinations"]
-    s = combo["search"]
-    ideal = _md1_max_rate(0.005, 0.030, 90)  # one sample: 5 ms; ~159 QPS
-    # with the service time the search measured (the host's load makes it longer)
-    measured = _md1_max_rate(s["one_sample_ms"] / 1e3, 0.030, 90)
-    # steady-state M/D/1: a 1.5 s probe starts from an empty queue, so it can err high, but
-    # not past what a 5 ms call allows; low, only as far as the load changed during it
-    assert 0.7 * measured <= s["best_qps"] <= 1.25 * ideal, (s["best_qps"], measured, ideal)
-    assert s["lowest_invalid_qps"] / s["best_qps"] - 1 <= 0.1 + 1e-9
-    assert s["stopped"] == "bracket within precision"
-    rec = RunStore().load(out["run"])
-    probes = rec.records("probes.jsonl")
-    assert [p["qps"] for p in probes] == [p["qps"] for p in s["probes"]] and len(probes) >= 3
-    assert all(p["validity"] == "VALID" for p in probes if p["qps"] <= s["best_qps"])
-    assert out["best"]["qps"] == s["best_qps"]
-    assert "--scenario server" in out["best"]["command"]
-    assert f"--target-qps {s['best_qps']:.4g}" in out["best"]["command"]
-    assert (rec.path / probes[0]["logs"] / "mlperf_log_detail.txt").is_file()
-    r = cli("report", out["run"], "--out", workdir / "rep")
-    assert r.exit_code == 0 and (workdir / "rep" / "serving.png").stat().st_size > 5000
-    shown = cli("show", out["run"]).stdout
-    assert re.search(r"(?<!IN)VALID", shown), shown  # the best probe's verdict, not INVALID
-
-
-def test_search_stops_at_a_quarter_of_capacity_when_latency_is_not_queueing(cli, workdir):
-    """A batcher that waits 30 ms to fill a batch of 4 puts every query over a 20 ms budget
-    at any low load, though one sample takes 5 ms: the search halves the load down to a
-    quarter of the predicted capacity and says the latency is not queueing."""
-    r = cli("search", "--device", "cpu",
-            "-m", "pool-tiny", "-v", "sleep", "--latency-budget", "20ms",
-            "--percentile", "90", "--max-batch", "4", "--batch-timeout", "30ms",
-            "--probe-duration", "1s", "--samples", "32", "--no-isolate", "--json")
-    assert r.exit_code == 0, r.stderr
-    (combo,) = json.loads(r.stdout)["combinations"]
-    s = combo["search"]
-    assert s["best_qps"] is None and not s["met"]
-    assert "where the latency is not queueing" in s["stopped"], s["stopped"]
-    qps = [p["qps"] for p in s["probes"]]
-    assert qps == sorted(qps, reverse=True) and len(qps) == 2  # half, then a quarter
-    assert qps[-1] == pytest.approx(s["predicted_capacity_qps"] / 4, rel=1e-6)
-    assert all(p["validity"] == "INVALID" for p in s["probes"])
-
-
-def test_search_stops_at_its_time_limit_with_what_it_found(cli, workdir):
-    """--max-time 2s against 1.5 s probes: the second probe is cut short at the limit and
-    the search stops there, saying so, with the probes it made stored."""
-    r = cli("search", "--device", "cpu",
-            "-m", "pool-tiny", "-v", "sleep", "--latency-budget", "30ms",
-            "--percentile", "90", "--probe-duration", "1.5s", "--samples", "32",
-            "--max-time", "2", "--no-isolate", "--json")
-    assert r.exit_code == 0, r.stderr
-    out = json.loads(r.stdout)
-    (combo,) = out["combinations"]
-    s = combo["search"]
-    assert s["stopped"] == "time limit (max_time) reached"
-    assert 1 <= len(s["probes"]) <= 2
-    assert len(RunStore().load(out["run"]).records("probes.jsonl")) == len(s["probes"])
-
-
-def test_search_over_several_combinations_names_the_best(cli, workdir):
-    """Two variants at max batch 1 and 2: each combination searched and stored, and the
-    best is the one with the highest VALID load, reproduced by its command."""
-    r = cli("search", "--device", "cpu",
-            "-m", "pool-tiny", "-v", "sleep,sleep-bf16", "--max-batch", "1,2",
-            "--latency-budget", "30ms", "--percentile", "90", "--probe-duration", "1s",
-            "--precision", "0.5", "--samples", "32", "--no-isolate", "--json",
-            env={"SLEEPY_FLAGS": "bf16"})
-    assert r.exit_code == 0, r.stderr
-    out = json.loads(r.stdout)
-    combos = {(c["variant"], c["max_batch"]): c["search"] for c in out["combinations"]}
-    assert set(combos) == {(v, b) for v in ("sleep", "sleep-bf16") for b in (1, 2)}
-    best = max(combos.items(), key=lambda kv: kv[1]["best_qps"] or 0)
-    assert (out["best"]["variant"], out["best"]["max_batch"]) == best[0]
-    assert out["best"]["qps"] == best[1]["best_qps"]
-    # sleep-bf16 serves a sample in 2 ms against sleep's 5: more load within the budget
-    assert combos[("sleep-bf16", 1)]["best_qps"] > combos[("sleep", 1)]["best_qps"]
-    assert f"-v {best[0][0]}" in out["best"]["command"]
-
-
-def test_ctrl_c_during_a_search_probe_keeps_what_finished(workdir, tmp_path):
-    """Interrupted inside a probe of its second combination (the test runtime blocks at a
-    call of that combination's worker): the first combination's cell and probes stay, the
-    run is incomplete, exit 130."""
-    env, ready = blocked_at("sleep-bf16", "call40", tmp_path)
-    p = run_cli_process("search", "-m", "pool-tiny", "-v", "sleep,sleep-bf16",
-                        "--latency-budget", "30ms", "--percentile", "90", "--probe-duration",
-                        "1s", "--precision", "0.5", "--samples", "32", "--device", "cpu",
-                        "--name", "cut", env={**env, "SLEEPY_FLAGS": "bf16"})
-    wait_for(ready, p)
-    p.send_signal(signal.SIGINT)
-    _, err = p.communicate(timeout=120)
-    assert p.returncode == 130 and "incomplete" in err, err
-    rec = RunStore().load("cut")
-    assert rec.status == "incomplete"
-    assert [(c.variant, c.status) for c in rec.cells] == [("sleep", "ok")]
-    probes = rec.records("probes.jsonl")
-    assert probes and {pr["variant"] for pr in probes} == {"sleep"}
-
-
-def test_search_says_when_no_load_meets_the_budget(cli, workdir):
-    r = cli("search", "--device", "cpu",
-            "-m", "pool-tiny", "-v", "sleep", "--latency-budget", "2ms",
-            "--samples", "16", "--no-isolate")
-    assert r.exit_code == 0, r.stderr
-    assert "one sample alone takes" in r.stdout and "no combination met the budget" in r.stdout
-
-
 def test_a_valid_to_invalid_change_is_a_regression(cli, workdir):
     base = ["run", "--device", "cpu",
             "-m", "pool-tiny", "-v", "sleep", "--scenario", "server", "--samples",
@@ -305,18 +171,6 @@ def test_bad_scenario_input(cli, workdir, args, needle):
     assert r.exit_code == 2 and needle in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
     assert not (workdir / "runs").exists() or not any((workdir / "runs").iterdir())
-
-
-@pytest.mark.parametrize("args,needle", [
-    (["--latency-budget", "50kg"], "--latency-budget '50kg' is not a duration"),
-    (["--latency-budget", "50ms", "--percentile", "101"], "--percentile must be between"),
-    (["--latency-budget", "50ms", "--max-batch", "0"], "--max-batch must be at least 1"),
-    (["--latency-budget", "50ms", "--instances", str(CORES + 1)], "instances x threads"),
-])
-def test_bad_search_input(cli, workdir, args, needle):
-    r = cli("search", "--device", "cpu", "-m", "pool-tiny", "-v", "sleep", *args)
-    assert r.exit_code == 2 and needle in r.stderr, r.stderr
-    assert len(r.stderr.strip().splitlines()) == 1
 
 
 def test_loadgen_missing_is_one_line_saying_how_to_install_it(workdir):

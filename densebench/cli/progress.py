@@ -27,6 +27,9 @@ def cell_line(c: dict) -> str:
         where += f" @{c['host'].get('node') or c['host'].get('hostname')}"
     if c["status"] != "ok":
         return f"{where}: failed: {c.get('error')}"
+    if (c.get("search") or {}).get("phase") == "screen":
+        s = c["search"]
+        return f"{where}: screened {len(s['splits'])} split(s), one sample {s['one_sample_ms']:.3g} ms"
     if c.get("search"):
         s = c["search"]
         best = f"{s['best_qps']:.4g} QPS" if s.get("best_qps") else "no QPS met the budget"
@@ -138,6 +141,8 @@ class Progress:
             if text != self.last_phase:
                 self._line(text)
                 self.last_phase = text
+        elif kind == "more":  # the plan grew (a search's verifications)
+            self.total = (self.total or 0) + ev["cells"]
         elif kind == "export_ahead":
             self._line(export_ahead_line(ev))
         elif kind == "exported":
@@ -171,6 +176,8 @@ class Progress:
         elif kind == "phase":
             p.update(t, description=f"{ev.get('variant', self.title)}: {ev['phase']}{_where(ev)}",
                      detail="")
+        elif kind == "more":
+            p.update(t, total=(p.tasks[t].total or 0) + ev["cells"])
         elif kind in ("export_ahead", "exported"):  # kept above the bar: they take minutes
             p.console.print(export_ahead_line(ev) if kind == "export_ahead"
                             else exported_line(ev))

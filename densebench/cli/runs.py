@@ -46,7 +46,12 @@ def show(
     json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Render a stored run from its files alone."""
-    from densebench.report.tables import summary_rows, summary_table, sweep_tables
+    from densebench.report.tables import (
+        search_table,
+        summary_rows,
+        summary_table,
+        sweep_tables,
+    )
     from densebench.results.store import RunStore
 
     rec = load_run(RunStore(), run)
@@ -65,7 +70,9 @@ def show(
               + (", ".join(g["name"] for g in env.get("gpus", [])) or "no GPU") + " | "
               f"torch {libs.get('torch')}, onnxruntime {libs.get('onnxruntime')} | "
               f"git {env.get('git_commit')}")
-    out.print(sweep_tables(rec) if rec.data.get("kind") == "sweep" else summary_table(rec))
+    kind = rec.data.get("kind")
+    out.print(sweep_tables(rec) if kind == "sweep" else search_table(rec) if kind == "search"
+              else summary_table(rec))
     for p in rec.data.get("profiles", []):
         out.print(f"profile: {p.get('variant')} batch {p.get('batch_size')}: {p.get('path')}")
 

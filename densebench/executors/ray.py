@@ -35,6 +35,7 @@ from collections.abc import Callable
 
 from densebench.errors import ConfigError, DensebenchError, one_line
 from densebench.executors import CellTracker, Emit, Executor, Job, pending, register_executor
+from densebench.results.schema import host_key
 
 _BUILTIN = ("CPU", "GPU", "memory", "object_store_memory")
 START_HINT = ("start one with `ray start --head` (and `ray start --address HEAD:6379` on each "
@@ -75,6 +76,8 @@ class Node:
         """Why ``job`` cannot run here (None: it can)."""
         if job.needs.get("gpu") and self.gpus < 1:
             return "needs a GPU"
+        if job.needs.get("host") and host_key(job.needs["host"]) != host_key(self.host):
+            return "runs on another host (what was screened there)"
         for one_of in job.needs.get("labels") or []:
             if not set(one_of) & set(self.labels):
                 return f"needs a node labelled {' or '.join(one_of)}"

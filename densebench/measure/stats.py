@@ -14,8 +14,8 @@ import numpy as np
 PERCENTILES = (50, 90, 95, 99)
 NOISY_COV = 0.10  # coefficient of variation above which a measurement is flagged noisy
 _MLPERF_MIN_SAMPLES = {90.0: 64, 99.0: 662}
-_CONFIDENCE = 0.99
-_TOLERANCE = math.log(2)  # fits MLPerf's published counts
+CONFIDENCE = 0.99
+TOLERANCE = math.log(2)  # fits MLPerf's published counts
 
 
 def min_samples(percentile: float) -> int:
@@ -23,8 +23,8 @@ def min_samples(percentile: float) -> int:
     p = float(percentile)
     if p in _MLPERF_MIN_SAMPLES:
         return _MLPERF_MIN_SAMPLES[p]
-    q = 1.0 - (1.0 - p / 100.0) * _TOLERANCE
-    return math.ceil(math.log(1.0 - _CONFIDENCE) / math.log(q))
+    q = 1.0 - (1.0 - p / 100.0) * TOLERANCE
+    return math.ceil(math.log(1.0 - CONFIDENCE) / math.log(q))
 
 
 def percentile_supported(percentile: float, n: int) -> bool:

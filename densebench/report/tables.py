@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 from rich import box
 from rich.console import Group
 from rich.table import Table
@@ -276,40 +277,108 @@ def loadgen_notes(run) -> list[Text]:
 
 
 def search_table(run) -> Group:
-    """`densebench search`: the best VALID QPS per combination, and the best overall."""
+    """`densebench search`: what was screened (and why a variant was not admitted), the
+    best predictions, what LoadGen verified beside what was predicted, and the answer per
+    host with replicas and cost."""
     cfg = run.data.get("config", {})
-    t = Table(title=f"highest Server QPS with p{cfg.get('percentile', 99):g} <= "
-              f"{cfg.get('latency_budget_ms', 0):g} ms - run {run.id}", title_justify="left")
-    for col in ("variant", "max batch", "inst", "threads", "best QPS", "p-lat ms",
-                "lowest INVALID", "probes", "stopped"):
+    pct, budget = cfg.get("percentile", 99), cfg.get("latency_budget_ms", 0)
+    cells = list(run.cells)
+    screened = [c for c in cells if c.axes.get("search") == "screen"]
+    verified = [c for c in cells if c.axes.get("search") != "screen"]
+    parts: list = []
+    if screened:
+        t = Table(title=f"screened: ms per call with every instance busy - run {run.id}",
+                  title_justify="left")
+        for col in ("variant", "host", "split", "batch 1", "largest batch", "parity",
+                    "admitted"):
+            t.add_column(col, justify="left" if col in ("variant", "host", "admitted")
+                         else "right")
+        refused = {(r["variant"], _host_text(r["host"])): r["why"]
+                   for r in run.data.get("not_admitted") or []}
+        for c in screened:
+            why = refused.get((c.variant, _host_text(c.host)))
+            verdict = Text(why or "yes", style="red" if why else "green")
+            if not c.ok:
+                t.add_row(c.variant, _host_text(c.host), "", "", "", "", verdict)
+                continue
+            sizes = c.search["sizes"]
+            for i, sp in enumerate(c.search["splits"]):
+                ms = sp["service_ms"]
+                t.add_row(c.variant if i == 0 else "", _host_text(c.host) if i == 0 else "",
+                          f"{sp['instances']} x {sp['threads']}",
+                          _ms(float(np.median(ms[str(sizes[0])]))),
+                          f"{_ms(float(np.median(ms[str(sizes[-1])])))} (b{sizes[-1]})",
+                          _parity_text(c) if i == 0 else "", verdict if i == 0 else "")
+        parts.append(t)
+    t = Table(title=f"highest Server QPS with p{pct:g} <= {budget:g} ms: predicted, then "
+              "verified with LoadGen", title_justify="left")
+    for col in ("configuration", "host", "predicted QPS", "LoadGen QPS", "error",
+                "p-lat ms", "lowest INVALID", "probes", "stopped"):
         t.add_column(col, no_wrap=col != "stopped",
-                     justify="left" if col in ("variant", "stopped") else "right")
-    for c in run.cells:
+                     justify="left" if col in ("configuration", "host", "stopped")
+                     else "right")
+    for c in verified:
         s = c.search or {}
+        what = (f"{c.variant} b{c.batch_size}"
+                + (f"/{c.axes['batch_timeout_ms']:g}ms" if c.batch_size > 1 and
+                   "batch_timeout_ms" in c.axes else "")
+                + f" {c.axes.get('instances', c.scenario_settings.get('instances'))}"
+                f"x{c.threads}")
         if not c.ok:
-            t.add_row(c.variant, str(c.batch_size), str(c.scenario_settings.get("instances")),
-                      str(c.threads), Text("failed", style="red"), "", "", "",
+            t.add_row(what, _host_text(c.host), _num(s.get("predicted_qps")),
+                      Text("failed", style="red"), "", "", "", "",
                       Text(c.error or "", style="red"))
             continue
-        best = s.get("best_qps")
-        t.add_row(c.variant, str(c.batch_size), str(c.scenario_settings.get("instances")),
-                  str(c.threads), Text(_num(best), style="bold") if best else
-                  Text("none", style="red"),
+        best, err = s.get("best_qps"), s.get("prediction_error")
+        t.add_row(what, _host_text(c.host), _num(s.get("predicted_qps")),
+                  Text(_num(best), style="bold") if best else Text("none", style="red"),
+                  f"{err:+.0%}" if err is not None else "",
                   _ms((c.loadgen or {}).get("percentile_latency_ms")) if best else "-",
                   _num(s.get("lowest_invalid_qps")), str(len(s.get("probes", []))),
                   s.get("stopped", ""))
-    foot = [Text("best QPS: the highest offered QPS whose LoadGen Server run was VALID "
-                 "(bracketing, then bisection to the stated precision); every probe is in "
-                 "probes.jsonl.", style="dim")]
+    parts.append(t)
+    foot = [Text("predicted: the highest rate whose simulated LoadGen runs pass (the batcher "
+                 "replayed with the screened call times); LoadGen QPS: the highest offered "
+                 "rate whose Server run was VALID; error: predicted / LoadGen - 1. Every "
+                 "prediction is in predictions.jsonl, every probe in probes.jsonl.",
+                 style="dim")]
+    ans = run.data.get("answer") or {}
+    for h in ans.get("hosts", []):
+        line = (f"{h['host_name']}: {h['variant']}, max batch {h['max_batch']}"
+                + (f" (wait {h['batch_timeout_ms']:g} ms)" if h["max_batch"] > 1 else "")
+                + f", {h['instances']} instance(s) x {h['threads_per_instance']} thread(s): "
+                f"{h['qps']:.4g} QPS per replica")
+        if h.get("replicas"):
+            line += f"; {h['replicas']} replica(s) for {ans['target_qps']:g} QPS"
+        if h.get("usd_per_million") is not None:
+            line += f"; ${h['usd_per_million']:.3g} per million images at the budget"
+            if h.get("fleet_usd_per_hour") is not None:
+                line += f" (${h['fleet_usd_per_hour']:.3g}/h for the target)"
+        foot.append(Text(line, style="bold green" if h is ans["hosts"][0] else ""))
+    for n in ans.get("prices_for_no_host", []):
+        foot.append(Text(f"--price {n}: no host of that name was searched", style="yellow"))
     best = run.data.get("best")
     if best:
-        foot.append(Text(f"best: {best['variant']}, max batch {best['max_batch']}, "
-                         f"{best['instances']} instance(s) x {best['threads_per_instance']} "
-                         f"thread(s): {best['qps']:.4g} QPS", style="bold green"))
         foot.append(Text(f"reproduce: {best['command']}"))
     elif run.status == "complete":
-        foot.append(Text("no combination met the budget", style="bold red"))
-    return Group(t, *foot)
+        whys = sorted({p["why"] for p in run.data.get("predictions", []) if p.get("why")})
+        foot.append(Text("no combination met the budget"
+                         + (f": {'; '.join(whys[:3])}" if whys else ""), style="bold red"))
+    return Group(*parts, *foot)
+
+
+def _host_text(host: dict) -> str:
+    return (host or {}).get("node") or (host or {}).get("hostname") or ""
+
+
+def _parity_text(c) -> str:
+    p = c.parity or {}
+    if p.get("max_abs_error") is None:
+        return ""
+    ok = parity.within(c.precision, p)
+    rel = p["max_abs_error"] / p["max_abs_reference"] if p.get("max_abs_reference") else None
+    return (f"{rel:.1e}" if rel is not None else f"{p['max_abs_error']:.1e}") + \
+        ("" if ok is None else " ok" if ok else " beyond")
 
 
 def runs_table(records, as_refs: list[str] | None = None) -> Table:

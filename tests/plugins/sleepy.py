@@ -1,8 +1,9 @@
 """A runtime with a known service time, registered through the real registries like any
 other plugin (``DENSEBENCH_PLUGINS=.../tests/plugins/sleepy.py``).
 
-Its session sleeps ``base_ms + per_image_ms * batch`` per call and returns zero logits,
-so what a scenario or the store does with it can be checked against arithmetic. It is
+Its session sleeps ``base_ms + per_image_ms * batch`` per call and returns the model's own
+logits (eager fp32's: pool-tiny's cost microseconds), so what a scenario or the store does
+with it can be checked against arithmetic, and its parity holds as a real fp32 runtime's. It is
 never a stand-in for a runtime under test. ``pool-tiny`` is a model cheap enough for runs
 of hundreds of cells (its fp32 reference costs microseconds).
 """
@@ -65,6 +66,7 @@ class SleepSession(Session):
     base_ms: float = 0.0
     per_image_ms: float = 0.0
     num_classes: int = 1000
+    module: nn.Module | None = None  # the model itself: the logits it returns
     calls: int = 0  # so far: SLEEPY_BLOCK=VARIANT:callN:FILE blocks the N-th
 
     def service_ms(self, batch: int) -> float:
@@ -77,7 +79,10 @@ class SleepSession(Session):
         self.calls += 1
         block_here(self.label.partition(":")[0], f"call{self.calls}")
         time.sleep(self.service_ms(len(x)) / 1e3)
-        return torch.zeros(len(x), self.num_classes)
+        if self.module is None:
+            return torch.zeros(len(x), self.num_classes)
+        with torch.inference_mode():
+            return self.module(x)
 
     def to_host(self, out: torch.Tensor) -> torch.Tensor:
         return out
@@ -137,7 +142,7 @@ class SleepBackend(Backend):
         return SleepSession(label=variant.label, device=device, options=dict(variant.options),
                             base_ms=variant.options["base_ms"] * scale,
                             per_image_ms=variant.options["per_image_ms"] * scale,
-                            num_classes=loaded.num_classes)
+                            num_classes=loaded.num_classes, module=loaded.module.eval())
 
     def supported(self, variant, device: str) -> str | None:
         # "needs": a CPU feature this machine may lack, read from $SLEEPY_FLAGS the way a
