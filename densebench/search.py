@@ -190,6 +190,7 @@ class ScreenTask(Task):
 
 def screen_variant(payload: dict, emit: Emit) -> None:
     from densebench.environment import host_identity
+    from densebench.pipeline import worker_identity
     from densebench.scenarios.loadgen import SampleLibrary
     from densebench.variants import get_variant
 
@@ -232,7 +233,7 @@ def screen_variant(payload: dict, emit: Emit) -> None:
     b1 = splits[0]["service_ms"][str(sizes[0])]
     cell = Cell.from_dict({
         **planned.to_dict(), "status": "ok", "parity": parity, "accuracy": accuracy,
-        "cold_start": cold, "threads": cores,
+        "cold_start": cold, "threads": cores, "worker": worker_identity(cores),
         "search": {"phase": "screen", "cores": cores, "splits": splits, "sizes": sizes,
                    "one_sample_ms": float(np.median(b1))},
     })
@@ -324,6 +325,7 @@ class VerifyTask(Task):
 
 def verify_configuration(payload: dict, emit: Emit) -> None:
     from densebench.environment import host_identity
+    from densebench.pipeline import worker_identity
     from densebench.scenarios.loadgen import (
         SampleLibrary,
         Server,
@@ -448,6 +450,7 @@ def verify_configuration(payload: dict, emit: Emit) -> None:
               "min_queries_per_probe": min_queries, "probe_duration_s": cfg.probe_duration,
               "stopped": stopped, "probes": probes, "met": lo is not None}
     base = {**planned.to_dict(), "status": "ok", "search": search,
+            "worker": worker_identity(task.threads),
             "cold_start": dict(prepared.cold_start), "options": prepared.session.options}
     if best is None:
         cell = Cell.from_dict(base)
@@ -493,7 +496,9 @@ def run_search(cfg: SearchConfig, *, progress: Emit | None = None, store=None):
 
     emit = progress or (lambda ev: None)
     device = resolve_device(cfg.device)
-    variants, skipped = expand(cfg.variants or ["quick"], ["default"], device)
+    # on a cluster each node decides what it runs (its screening says why it cannot)
+    variants, skipped = expand(cfg.variants or ["quick"], ["default"],
+                               None if cfg.executor == "ray" else device)
     loaded = load_model(cfg.model, cfg.weights, cfg.num_classes)
     image_size = cfg.image_size or loaded.default_image_size
     check_image_size(cfg.model, image_size, cfg.num_classes)
@@ -519,7 +524,7 @@ def run_search(cfg: SearchConfig, *, progress: Emit | None = None, store=None):
         emit(ev)
 
     try:
-        rec.data["executor"] = executor.describe()
+        rec.data["cluster"] = executor.describe()
         emit({"event": "start", "run": rec.id, "path": str(rec.path),
               "cells": len(variants), "variants": [v.label for v in variants],
               "skipped": skipped})
@@ -532,7 +537,7 @@ def run_search(cfg: SearchConfig, *, progress: Emit | None = None, store=None):
                 .job(f"screen-{_safe(v.label)}", timeout=cfg.timeout) for v in variants]
         executor.check(jobs)
         executor.run_all(jobs, on_event, placement="each")
-        screened = [c for c in rec.cells if (c.search or {}).get("phase") == "screen"]
+        screened = [c for c in rec.cells if c.axes.get("search") == "screen"]
         admitted, refused = admit(screened, cfg)
         rec.data["not_admitted"] = refused
         for r in refused:

@@ -9,8 +9,9 @@
 3. Seconds from `densebench run` start to the first timed iteration, with a warm cache.
 4. LoadGen's overhead: offline samples/s at batch 16 against closed-loop throughput at
    batch 16, same variant, same process, alternating rounds (target: within 5%).
-5. `densebench search` itself: the highest Server QPS with p99 <= 100 ms for the best CPU
-   variants, the command that reproduces it, and how long the search took.
+5. `densebench search` itself, as a new user types it (`-m densenet121 --latency-budget
+   100ms`, nothing else named): what it screened, predicted and verified, the prediction's
+   error against LoadGen, and how long it took with the artifacts in the cache.
 6. densebench's `openvino` (and `openvino-bf16` where the CPU has bf16) against OpenVINO's
    own `benchmark_app` on the same IR from the cache, latency hint, batch 16, alternating
    rounds (target: within 5%).
@@ -154,17 +155,29 @@ def loadgen_overhead(variant: str, rounds: int, seconds: float) -> dict:
             "validity": detail.get("result_validity")}
 
 
-def latency_search(variants: str, max_batch: str, budget: str, max_time: str) -> dict:
-    """`densebench search` as a user runs it; its own stored answer."""
+def latency_search(variants: str | None, max_batch: str | None, budget: str,
+                   max_time: str) -> dict:
+    """`densebench search` as a user runs it; its own stored answer. The artifacts are
+    exported first (``--dry-run`` exports nothing: a short run of every quick variant
+    does), so the time is the search's own."""
+    subprocess.run([sys.executable, "-m", "densebench", "run", "--model", "densenet121",
+                    "--device", "cpu", "-v", variants or "quick", "--iters", "1",
+                    "--warmup", "1", "--repeats", "1", "--mode", "model"],
+                   check=True, capture_output=True)
     cmd = [sys.executable, "-m", "densebench", "search", "--model", "densenet121",
-           "--device", "cpu", "-v", variants, "--max-batch", max_batch, "--latency-budget",
-           budget, "--percentile", "99", "--max-time", max_time, "--json"]
+           "--device", "cpu", "--latency-budget", budget, "--max-time", max_time, "--json"]
+    if variants:
+        cmd += ["-v", variants]
+    if max_batch:
+        cmd += ["--max-batch", max_batch]
     t0 = time.perf_counter()
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     took = time.perf_counter() - t0
     res = json.loads(out)
     return {"command": "densebench " + " ".join(cmd[3:-1]), "seconds": took,
-            "best": res["best"], "combinations": res["combinations"], "run": res["run"]}
+            "best": res["best"], "combinations": res["combinations"], "run": res["run"],
+            "screened": res["screened"], "predictions": res["predictions"],
+            "not_admitted": res["not_admitted"]}
 
 
 def time_to_first_iteration(repeats: int) -> dict:
@@ -298,9 +311,9 @@ def main() -> None:
                                           "openvino-bf16,openvino-int8")
     ap.add_argument("--loadgen-variant", default="onnxruntime")
     ap.add_argument("--loadgen-rounds", type=int, default=3)
-    ap.add_argument("--search-variants", default="onnxruntime,onnxruntime-int8")
-    ap.add_argument("--search-max-batch", default="1,4")
-    ap.add_argument("--search-max-time", default="20m")
+    ap.add_argument("--search-variants", default=None, help="default: the search's own")
+    ap.add_argument("--search-max-batch", default=None, help="default: the search's own")
+    ap.add_argument("--search-max-time", default="10m")
     ap.add_argument("--openvino-rounds", type=int, default=3)
     ap.add_argument("--openvino-seconds", type=int, default=15)
     ap.add_argument("--reuse-run", default=None,
@@ -564,14 +577,50 @@ def _section_search(srch: dict) -> str:
 
 {_stamp()}
 
-`{srch['command']}` took **{srch['seconds'] / 60:.1f} min** (run {srch['run']}).
+`{srch['command']}` took **{srch['seconds'] / 60:.1f} min** with the artifacts in the cache
+(run {srch['run']}): {len(srch['screened'])} variants screened, {len(srch['predictions'])}
+configurations predicted, {len(srch['combinations'])} verified with LoadGen.
+{_refused(srch)}
+Screened (ms per call with every instance busy) and each split's best prediction:
 
-| variant | max batch | inst | best VALID QPS | p99 ms | lowest INVALID | probes | stopped |
+| variant | split | batch 1 ms | largest batch ms | best predicted configuration | predicted QPS |
+|---|---|---|---|---|---|
+{_screened(srch)}
+
+Verified with LoadGen (error: predicted / verified - 1):
+
+| configuration | predicted QPS | verified QPS | error | p99 ms | lowest INVALID | probes | stop |
 |---|---|---|---|---|---|---|---|
 {_combos(srch)}
 
 {_best(srch)}
 """
+
+
+def _refused(srch: dict) -> str:
+    out = "".join(f"\nNot admitted: {r['variant']}: {r['why']}." for r in srch["not_admitted"])
+    return out + "\n" if out else ""
+
+
+def _screened(srch: dict) -> str:
+    rows = []
+    for c in srch["screened"]:
+        if c["status"] != "ok":
+            rows.append(f"| {c['variant']} | - | - | - | failed: {c['error']} | - |")
+            continue
+        for sp in c["search"]["splits"]:
+            ms = sp["service_ms"]
+            preds = [p for p in srch["predictions"] if p["variant"] == c["variant"]
+                     and p["instances"] == sp["instances"] and p["threads"] == sp["threads"]
+                     and p["qps"]]
+            best = preds[0] if preds else None
+            qps = f"{best['qps']:.3g}" if best else "-"
+            rows.append(f"| {c['variant']} | {sp['instances']} x {sp['threads']} | "
+                        f"{statistics.median(ms['1']):.3g} | "
+                        f"{statistics.median(ms[max(ms, key=int)]):.3g} | "
+                        f"{best['label'] if best else 'none within the budget'} | "
+                        f"{qps} |")
+    return "\n".join(rows)
 
 
 def _rounds(lgo: dict) -> str:
@@ -586,11 +635,14 @@ def _combos(srch: dict) -> str:
     rows = []
     for c in srch["combinations"]:
         s = c.get("search") or {}
-        best = s.get("best_qps")
+        best, err = s.get("best_qps"), s.get("prediction_error")
         probes = s.get("probes", [])
         at_best = [p["percentile_latency_ms"] for p in probes if best and p["qps"] == best]
-        rows.append(f"| {c['variant']} | {c['max_batch']} | {c['instances']} | "
-                    f"{num(best) if best else 'none'} | {num(at_best[0] if at_best else None)} | "
+        wait = f"/{c['batch_timeout_ms']:g}ms" if c["max_batch"] > 1 else ""
+        rows.append(f"| {c['variant']} b{c['max_batch']}{wait} {c['instances']}x{c['threads']} | "
+                    f"{num(s.get('predicted_qps'))} | {num(best) if best else 'none'} | "
+                    f"{f'{err:+.0%}' if err is not None else '-'} | "
+                    f"{num(at_best[0] if at_best else None)} | "
                     f"{num(s.get('lowest_invalid_qps'))} | {len(probes)} | "
                     f"{s.get('stopped', c.get('error'))} |")
     return "\n".join(rows)
@@ -600,8 +652,9 @@ def _best(srch: dict) -> str:
     b = srch["best"]
     if not b:
         return "No combination met the budget."
-    return (f"Best: **{b['variant']}, max batch {b['max_batch']}, {b['instances']} instance(s): "
-            f"{b['qps']:.3g} QPS** with p99 within 100 ms. Reproduce it:\n\n"
+    return (f"Best: **{b['variant']}, max batch {b['max_batch']}, {b['instances']} instance(s) "
+            f"x {b['threads_per_instance']} thread(s): {b['qps']:.3g} QPS** with p99 within "
+            "100 ms. Reproduce it:\n\n"
             f"    {b['command']}")
 
 

@@ -4,6 +4,7 @@ process, token authentication on (as Ray 2.60 ships it on), and ``densebench swe
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -105,3 +106,26 @@ def test_a_client_without_the_token_is_told_what_to_set(head, workdir):
         "authentication on): set RAY_AUTH_MODE=token, with the token in ~/.ray/auth_token, "
         "$RAY_AUTH_TOKEN or $RAY_AUTH_TOKEN_PATH"], err
     assert not (workdir / "runs").exists() or not list((workdir / "runs").iterdir())
+
+
+def test_a_search_screens_and_verifies_on_the_clusters_node(head, workdir):
+    """`densebench search --executor ray --address auto` against the cluster: the node
+    screens the variants and LoadGen verifies there (each cell says which node), and the
+    answer is per host."""
+    env, _ = head
+    p = run_cli_process("search", "--device", "cpu", "-m", "pool-tiny", "-v", "sleep",
+                        "--max-batch", "1", "--instances", "1", "--latency-budget", "30ms",
+                        "--percentile", "90", "--probe-duration", "1s", "--samples", "32",
+                        "--screen-time", "0.1s", "--precision", "0.5", "--executor", "ray",
+                        "--address", "auto", "--name", "on-cluster", "--json", env=env)
+    out, err = p.communicate(timeout=300)
+    assert p.returncode == 0, err
+    res = json.loads(out)
+    rec = RunStore().load("on-cluster")
+    (node,) = rec.data["cluster"]["nodes"]
+    assert rec.data["cluster"]["executor"] == "ray"
+    assert [(c.axes["search"], c.status) for c in rec.cells] == [("screen", "ok"),
+                                                                 ("verify", "ok")]
+    assert all(c.worker["ray_node_id"] == node["node_id"] for c in rec.cells)
+    (host,) = res["answer"]["hosts"]
+    assert host["qps"] == res["best"]["qps"] > 0 and rec.records("probes.jsonl")

@@ -87,3 +87,35 @@ def test_a_target_no_node_satisfies_is_refused_before_anything_runs(two_nodes, w
     assert len(r.stderr.strip().splitlines()) == 1
     assert not (workdir / "runs").exists() or not list((workdir / "runs").iterdir())
     assert RunStore().list() == []
+
+
+def test_a_search_answers_per_node(two_nodes, workdir):
+    """Two nodes, bf16 on one: each screens both variants (sleep-bf16 fails where the CPU
+    lacks bf16, and is not admitted there), verifies its own best, and the answer names
+    each node's configuration, the bf16 node's (2 ms a sample against 5) best overall."""
+    import platform
+
+    from densebench.search import SearchConfig, run_search
+
+    rec = run_search(SearchConfig(
+        latency_budget_ms=30.0, percentile=90, variants=["sleep", "sleep-bf16"],
+        max_batch=[1], instances=[1], model="pool-tiny", device="cpu", samples=32,
+        probe_duration=1.0, screen_time=0.1, precision=0.5, executor="ray",
+        prices={f"{platform.node()}#small": 1.0, f"{platform.node()}#big": 1.0}))
+    nodes = {n["node"]: n for n in rec.data["cluster"]["nodes"]}
+    big = next(k for k, n in nodes.items() if n["labels"] == ["big"])
+    small = next(k for k, n in nodes.items() if n["labels"] == ["small"])
+    screened = {(c.variant, c.host["node"]): c for c in rec.cells
+                if c.axes["search"] == "screen"}
+    assert len(screened) == 4 and not screened[("sleep-bf16", small)].ok
+    assert "lacks" in screened[("sleep-bf16", small)].error
+    (refused,) = rec.data["not_admitted"]
+    assert (refused["variant"], refused["host"]["node"]) == ("sleep-bf16", small)
+    answer = rec.data["answer"]
+    per = {h["host_name"]: h["variant"] for h in answer["hosts"]}
+    assert per == {big: "sleep-bf16", small: "sleep"}
+    assert answer["best"]["host_name"] == big  # same price, more QPS: cheaper per image
+    assert answer["best"]["usd_per_million"] < answer["hosts"][1]["usd_per_million"]
+    assert answer["prices_for_no_host"] == []
+    verified = [c for c in rec.cells if c.axes["search"] == "verify"]
+    assert all(c.worker["ray_node_id"] == nodes[c.host["node"]]["node_id"] for c in verified)

@@ -396,7 +396,8 @@ def _task(job: dict, gpu: bool):
         j.env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in ray.get_gpu_ids())
     else:
         j.env["CUDA_VISIBLE_DEVICES"] = ""
-    if not Path(j.payload["run_dir"]).is_dir():  # another machine: LoadGen logs stay here
+    # another machine: LoadGen logs stay there
+    if "run_dir" in j.payload and not Path(j.payload["run_dir"]).is_dir():
         j.payload["run_dir"] = tempfile.mkdtemp(prefix="densebench-run-")
     events: queue.Queue = queue.Queue()
     done = object()
