@@ -110,7 +110,18 @@ def run_cli_process(*args, env=None, unset=(), **kw) -> subprocess.Popen:
     ``env`` added to this process's environment and the variables ``unset`` names removed."""
     full_env = {k: v for k, v in {**os.environ, **(env or {})}.items() if k not in unset}
     return subprocess.Popen([sys.executable, "-m", "densebench", *map(str, args)], env=full_env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_as_from_a_terminal, **kw)
+
+
+def _as_from_a_terminal() -> None:
+    """Ctrl-C as a terminal delivers it: a suite started in the background by a
+    non-interactive shell (`make test &`, a CI script) inherits SIGINT ignored, and its
+    children would then ignore the SIGINT a test sends them (Python installs its
+    KeyboardInterrupt handler only where SIGINT is not ignored)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def blocked_at(variant: str, phase: str, tmp_path: Path) -> tuple[dict, Path]:

@@ -20,7 +20,7 @@ import pytest
 
 from densebench.results.store import RunStore
 
-from .conftest import run_cli_process
+from .conftest import _as_from_a_terminal, run_cli_process
 
 pytest.importorskip("ray", reason="the ray extra is not installed")
 pytestmark = pytest.mark.ray
@@ -51,7 +51,8 @@ def head():
     proc = subprocess.Popen(
         [str(ray_cli), "start", "--head", "--block", "--port", str(_free_port()),
          "--num-cpus", "2", "--include-dashboard=false", "--disable-usage-stats"],
-        env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT)
+        env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
+        preexec_fn=_as_from_a_terminal)  # stopped with Ctrl-C below
     current = base / "ray" / "ray_current_cluster"
     deadline = time.monotonic() + 180
     while not (current.exists() and current.read_text().strip()):
