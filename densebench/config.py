@@ -53,6 +53,11 @@ class RunConfig:
     min_time: float = 3.0
     iters: int | None = None
     max_time: float | None = None
+    # the JPEG path (e2e-jpeg mode: densebench.imaging)
+    input: str | None = None  # jpeg:PATH | imagefolder:PATH | jpeg:synthetic[:WxH]
+    decoder: str = "pil"  # see densebench.imaging.decoders
+    decode_workers: list[int] | None = None  # e2e-jpeg cells: one per count; None: [0]
+    strict: bool = False  # an image the decoder cannot decode is an error, not counted
     # repetition: worker processes per cell, rounds interleaved across variants
     repeats: int | None = None  # None: the scenario's default
     # where
@@ -108,6 +113,43 @@ class RunConfig:
         if self.calib is not None:
             self._check_calibration()
         scenario.check(self)
+        self._check_jpeg()
+
+    def _check_jpeg(self) -> None:
+        """The JPEG path's settings: readable, and given only where a cell uses them."""
+        from densebench.imaging.decoders import get_decoder
+        from densebench.imaging.sources import parse
+
+        if self.input is not None:
+            parse(self.input)
+        get_decoder(self.decoder)
+        workers = self.decode_workers
+        if workers is not None:
+            if not workers:
+                raise bad_setting("decode_workers", "is empty: give counts, e.g. 0,1,2")
+            for n in workers:
+                if not isinstance(n, int) or isinstance(n, bool) or not 0 <= n <= 256:
+                    raise bad_setting("decode_workers", f"must be whole numbers from 0 to "
+                                      f"256, got {n}")
+            if len(set(workers)) != len(workers):
+                raise bad_setting("decode_workers", "names a count more than once: each "
+                                  "is one cell")
+        if "e2e-jpeg" not in self.cell_modes():
+            given = [name for name, v in (("input", self.input),
+                                          ("decode_workers", workers),
+                                          ("decoder", self.decoder != "pil" or None),
+                                          ("strict", self.strict or None)) if v is not None]
+            if given:
+                raise bad_setting(given[0], "is a setting of the JPEG path: add the "
+                                  "e2e-jpeg mode (--mode e2e-jpeg)")
+
+    def jpeg_input(self) -> str:
+        """The JPEG path's images: --input, else a LoadGen run's labelled --data, else
+        densebench's synthetic JPEGs."""
+        data = self.settings.get("data")
+        if self.input is None and isinstance(data, str) and data.startswith("imagefolder:"):
+            return data
+        return self.input or "jpeg:synthetic"
 
     def _check_calibration(self) -> None:
         """A missing folder, or fewer images than a batch calibrates on, is refused before

@@ -29,9 +29,11 @@ from densebench.checksums import sha256_json
 from densebench.config import RunConfig
 from densebench.devices import resolve_device
 from densebench.environment import fingerprint, host_identity
-from densebench.errors import interrupted, one_line, threads_warning
+from densebench.errors import ConfigError, interrupted, one_line, threads_warning
 from densebench.executors import Task, get_executor
 from densebench.exporters import export_artifact, get_exporter, key_fields
+from densebench.imaging import sources as jpeg_sources
+from densebench.imaging.decoders import get_decoder
 from densebench.models import check_image_size, load_model, model_stats
 from densebench.prepare import artifact_spec, prepare_variant
 from densebench.processes import this_process_start, usable_cores
@@ -196,13 +198,40 @@ def worker_identity(threads: int) -> dict:
 
 def plan_cells(cfg: RunConfig, variant, device: str, threads: int, settings: dict,
                host: dict, repeat: int = 0) -> list[Cell]:
+    """Every cell of ``variant``: each batch size in each mode; e2e-jpeg cells once per
+    decode-worker count (an axis of their own)."""
     return [Cell(model=cfg.model, variant=variant.label, batch_size=bs, mode=mode,
                  device=device, scenario=cfg.scenario, host=host, status="planned",
-                 repeat=repeat,
+                 repeat=repeat, axes=axes,
                  precision=variant.precision, backend=variant.backend,
                  description=variant.description, threads=threads,
                  scenario_settings=settings)
-            for bs in cfg.cell_batch_sizes() for mode in cfg.cell_modes()]
+            for bs in cfg.cell_batch_sizes() for mode in cfg.cell_modes()
+            for axes in ([{"decode_workers": n} for n in cfg.decode_workers or [0]]
+                         if mode == "e2e-jpeg" else [{}])]
+
+
+def jpeg_source(cfg: RunConfig, device: str) -> dict:
+    """The JPEG path's settings for the workers, checked here before the run is created:
+    its images found (synthetic ones encoded into the cache), its decoder able to run on
+    ``device``, and with ``strict`` every image decodable. {} without e2e-jpeg cells."""
+    if "e2e-jpeg" not in cfg.cell_modes():
+        return {}
+    decoder = get_decoder(cfg.decoder)
+    why = decoder.supported(device)
+    if why is not None:
+        raise ConfigError(f"decoder {cfg.decoder} {why}: choose another with --decoder",
+                          setting="decoder")
+    source = jpeg_sources.resolve(cfg.jpeg_input())
+    if cfg.strict:
+        bad = jpeg_sources.unreadable(source, decoder, device)
+        if bad:
+            raise jpeg_sources.ImageDataError(
+                f"{len(bad)} of the {len(source)} images of {source.spec} cannot be decoded "
+                f"(first: {bad[0][0]}: {bad[0][1]}): fix or remove them, or drop --strict "
+                "to count and skip them")
+    return {"input": source.resolved_spec(), "decoder": cfg.decoder, "strict": cfg.strict,
+            "input_described": source.describe()}
 
 
 # ============================================================================ the run
@@ -231,6 +260,7 @@ def execute(cfg: RunConfig, *, kind: str = "benchmark", header: dict | None = No
         macs = {"params": stats.params, "gmacs_per_image": round(stats.gmacs, 4)}
     except Exception:
         macs = {}
+    jpeg = jpeg_source(cfg, device)
     store = store or RunStore()
     rec = store.create(kind, cfg.name, cfg.to_dict(), env, extra={
         "command": sys.argv,
@@ -248,6 +278,7 @@ def execute(cfg: RunConfig, *, kind: str = "benchmark", header: dict | None = No
         "plan": [v.label for v in variants],
         "timeline": {"first_timed_iteration_s": None},
         "warnings": warnings,
+        **({"jpeg_input": jpeg["input_described"]} if jpeg else {}),
         **(header or {}),
     })
     if on_created is not None:
@@ -257,11 +288,13 @@ def execute(cfg: RunConfig, *, kind: str = "benchmark", header: dict | None = No
     repeats = cfg.effective_repeats()
     rec.data["repeats"] = {"processes_per_cell": repeats, "interleaved": repeats > 1,
                            "independent": cfg.executor != "inline"}
+    per_variant = len(plan_cells(cfg, variants[0], device, threads, {}, {})) if variants else 0
     emit({"event": "start", "run": rec.id, "path": str(rec.path), "variants": rec.data["plan"],
-          "cells": len(variants) * len(cfg.cell_batch_sizes()) * len(cfg.cell_modes())
-          * repeats, "skipped": skipped, "repeats": repeats})
+          "cells": len(variants) * per_variant * repeats, "skipped": skipped,
+          "repeats": repeats})
     config = cfg.to_dict()
-    settings = get_scenario(cfg.scenario).record(cfg, threads)
+    settings = {**get_scenario(cfg.scenario).record(cfg, threads),
+                **{k: v for k, v in jpeg.items() if k != "input_described"}}
     host = host_identity()
     started = this_process_start()
     executor = get_executor(cfg.executor, log_dir=rec.path / "logs")

@@ -30,7 +30,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import ClassVar
 
@@ -83,6 +83,11 @@ class SearchConfig:
     target_qps: float | None = None  # replicas needed for this load
     prices: dict[str, float] = field(default_factory=dict)  # host -> USD per hour
     max_accuracy_drop: float = 0.01  # top-1, with labelled data: upper end of its interval
+    # the JPEG path: served from JPEG bytes (densebench.imaging), decode workers beside
+    # the instances, counted against the cores
+    input: str | None = None  # jpeg:PATH | imagefolder:PATH | jpeg:synthetic[:WxH]
+    decoder: str = "pil"
+    decode_workers: int = 0
     executor: str = "subprocess"
     address: str | None = None  # ray: the cluster
     timeout: float = 3600.0
@@ -129,14 +134,47 @@ class SearchConfig:
                                   f"got {usd}")
         for n in self.instances or []:
             check_cores(n, self.threads, self.oversubscribe)
+        self._check_jpeg()
         require_loadgen()
         get_executor(self.executor)
+
+    def _check_jpeg(self) -> None:
+        from densebench.imaging.decoders import get_decoder
+        from densebench.imaging.sources import parse
+
+        if self.input is not None:
+            parse(self.input)
+        get_decoder(self.decoder)
+        if not isinstance(self.decode_workers, int) or not 0 <= self.decode_workers <= 256:
+            raise bad_setting("decode_workers", f"must be a whole number from 0 to 256, got "
+                              f"{self.decode_workers}")
+        if self.input is None and (self.decode_workers or self.decoder != "pil"):
+            raise bad_setting("decode_workers" if self.decode_workers else "decoder",
+                              "is a setting of the JPEG path: give its images with --input "
+                              "(jpeg:synthetic, say)")
 
     def model_ref(self) -> ModelRef:
         return ModelRef(self.model, self.weights, self.num_classes, self.image_size)
 
+    @property
+    def mode(self) -> str:
+        return "e2e-jpeg" if self.input is not None else "e2e"
+
+    def library(self, prepared):
+        """The sample library every screening and probe serves: tensors, or JPEG bytes that
+        the instances decode, with the decode workers of the JPEG path."""
+        from densebench.scenarios.loadgen import SampleLibrary
+
+        library = SampleLibrary.build(prepared, self.samples, self.data, self.mode,
+                                      {"input": self.input, "decoder": self.decoder})
+        library.use_workers(self.decode_workers)
+        return library
+
     def splits(self, cores: int, device: str = "cpu") -> list[tuple[int, int]]:
-        """(instances, threads per instance) to screen on a host with ``cores``."""
+        """(instances, threads per instance) to screen on a host with ``cores`` (less the
+        JPEG path's decode workers, which take cores of their own)."""
+        if device == "cpu" and self.decode_workers:
+            cores = max(1, cores - self.decode_workers)
         if self.instances:
             return [(n, self.threads or max(1, cores // n)) for n in self.instances]
         if device != "cpu":  # a GPU: streams, not a split of the cores
@@ -191,7 +229,6 @@ class ScreenTask(Task):
 def screen_variant(payload: dict, emit: Emit) -> None:
     from densebench.environment import host_identity
     from densebench.pipeline import worker_identity
-    from densebench.scenarios.loadgen import SampleLibrary
     from densebench.variants import get_variant
 
     task = ScreenTask.from_payload(payload)
@@ -214,7 +251,7 @@ def screen_variant(payload: dict, emit: Emit) -> None:
             loaded, cold = prepared.loaded, cold or dict(prepared.cold_start)
             if library is None:
                 phase("sample library")
-                library = SampleLibrary.build(prepared, cfg.samples, cfg.data)
+                library = cfg.library(prepared)
                 phase("parity")
                 parity, accuracy = screen_answers(prepared.session, library)
             sessions = prepared.sessions(n)
@@ -248,7 +285,7 @@ def screen_answers(session, library) -> tuple[dict, dict | None]:
     n = library.count if library.labels is not None else min(library.count, PARITY_SAMPLES)
     par, outs = ParityAccumulator(), []
     for i in range(0, n, 8):
-        out = session.e2e(library.images[i:i + 8]).float()
+        out = library.infer(session, list(range(i, min(n, i + 8)))).float()
         par.add(out, library.reference[i:i + 8])
         outs.append(out)
     if library.labels is None:
@@ -275,12 +312,13 @@ def service_times(sessions, library, sizes: list[int], min_time: float) -> dict:
     do near capacity): at least ``min_time`` seconds and 3 calls an instance per size."""
     out = {}
     for b in sizes:
-        x = library.images[[i % library.count for i in range(b)]]
+        x = [i % library.count for i in range(b)]
         for s in sessions:  # each shape's first call (a compile, an allocation) untimed
-            s.e2e(x)
+            library.infer(s, x)
         calls: list[list[float]] = [[] for _ in sessions]
         start = threading.Barrier(len(sessions))
-        threads = [threading.Thread(target=_calls, args=(s, x, start, min_time, into))
+        threads = [threading.Thread(target=_calls, args=(library, s, x, start, min_time,
+                                                         into))
                    for s, into in zip(sessions, calls, strict=True)]
         for t in threads:
             t.start()
@@ -290,14 +328,16 @@ def service_times(sessions, library, sizes: list[int], min_time: float) -> dict:
     return out
 
 
-def _calls(session, x, start: threading.Barrier, min_time: float, into: list) -> None:
-    """One instance's closed loop: calls ``session`` on ``x`` for ``min_time`` seconds and
-    at least 3 times, once every instance is ready, into ``into`` (ms)."""
+def _calls(library, session, x: list[int], start: threading.Barrier, min_time: float,
+           into: list) -> None:
+    """One instance's closed loop: answers the samples ``x`` with ``session`` for
+    ``min_time`` seconds and at least 3 times, once every instance is ready, into ``into``
+    (ms; on the JPEG path each call decodes its batch too)."""
     start.wait()
     t_end = time.perf_counter() + min_time
     while time.perf_counter() < t_end or len(into) < 3:
         t0 = time.perf_counter()
-        session.e2e(x)
+        library.infer(session, x)
         into.append((time.perf_counter() - t0) * 1e3)
 
 
@@ -327,7 +367,6 @@ def verify_configuration(payload: dict, emit: Emit) -> None:
     from densebench.environment import host_identity
     from densebench.pipeline import worker_identity
     from densebench.scenarios.loadgen import (
-        SampleLibrary,
         Server,
         require_loadgen,
         verdict,
@@ -353,7 +392,7 @@ def verify_configuration(payload: dict, emit: Emit) -> None:
         prepared = prepare_variant(variant, cfg.model_ref(), task.device, task.threads,
                                    phase=phase)
         phase("sample library")
-        library = SampleLibrary.build(prepared, cfg.samples, cfg.data)
+        library = cfg.library(prepared)
         sessions = prepared.sessions(task.instances)
         phase("warm-up")
         timing = warm_up(sessions, library, task.max_batch)
@@ -380,6 +419,7 @@ def verify_configuration(payload: dict, emit: Emit) -> None:
         phase(f"probe {len(probes) + 1}: {qps:.4g} QPS")
         out = workdir / "loadgen" / f"search-{_safe(label)}" / f"probe-{len(probes) + 1:02d}"
         out.mkdir(parents=True, exist_ok=True)
+        library.reset_times()
         detail, batcher, wall = scenario.run_loadgen(lg, sessions, library, s, timing, out)
         v = verdict(detail, cfg.latency_budget_ms, cfg.percentile)
         fig = scenario.figures(detail, s)
@@ -395,7 +435,8 @@ def verify_configuration(payload: dict, emit: Emit) -> None:
                "scheduled_qps": fig["scheduled_samples_per_sec"],
                "query_count": detail.get("result_query_count"), "wall_s": round(wall, 2),
                "batch_sizes": {str(k): n for k, n in sorted(batcher.batch_sizes.items())},
-               "logs": str(out.relative_to(workdir))}
+               "logs": str(out.relative_to(workdir)),
+               "pipeline": library.stage_summary(batcher.batch_sizes)}
         probes.append(rec)
         emit({"event": "probe", "probe": rec})
         valid = v["validity"] == "VALID"
@@ -462,7 +503,8 @@ def verify_configuration(payload: dict, emit: Emit) -> None:
                    "duration_ms": s["duration_ms"], "batch_sizes": best["probe"]["batch_sizes"],
                    "logs": {"dir": best["probe"]["logs"]}}
         cell = Cell.from_dict({**base, "stats": scenario.stats(best["detail"], s, lg_info),
-                               "loadgen": lg_info, "scenario_settings": s, "timer": "loadgen"})
+                               "loadgen": lg_info, "scenario_settings": s, "timer": "loadgen",
+                               "pipeline": best["probe"]["pipeline"]})
     emit({"event": "cell", "cell": cell.to_dict()})
 
 
@@ -502,6 +544,10 @@ def run_search(cfg: SearchConfig, *, progress: Emit | None = None, store=None):
     loaded = load_model(cfg.model, cfg.weights, cfg.num_classes)
     image_size = cfg.image_size or loaded.default_image_size
     check_image_size(cfg.model, image_size, cfg.num_classes)
+    if cfg.input is not None:  # its images found (or encoded) here, before the run exists
+        from densebench.imaging import sources
+
+        cfg = replace(cfg, input=sources.resolve(cfg.input).resolved_spec())
     options = {"address": cfg.address} if cfg.executor == "ray" else {}
     store = store or RunStore()
     rec = store.create("search", cfg.name, asdict(cfg), fingerprint(), extra={
@@ -599,8 +645,8 @@ def plan_search(cfg: SearchConfig) -> dict:
 
 
 def screen_cell(cfg: SearchConfig, v, device: str, host: dict) -> Cell:
-    return Cell(model=cfg.model, variant=v.label, batch_size=max(cfg.max_batch), mode="e2e",
-                device=device, scenario="server", host=host, status="planned",
+    return Cell(model=cfg.model, variant=v.label, batch_size=max(cfg.max_batch),
+                mode=cfg.mode, device=device, scenario="server", host=host, status="planned",
                 precision=v.precision, backend=v.backend, description=v.description,
                 axes={"search": "screen"},
                 scenario_settings={"samples": cfg.samples, "data": cfg.data,
@@ -609,7 +655,7 @@ def screen_cell(cfg: SearchConfig, v, device: str, host: dict) -> Cell:
 
 def verify_cell(cfg: SearchConfig, p: dict, device: str) -> Cell:
     return Cell(model=cfg.model, variant=p["variant"], batch_size=p["max_batch"],
-                mode="e2e", device=device, scenario="server", host=p["host"],
+                mode=cfg.mode, device=device, scenario="server", host=p["host"],
                 status="planned", precision=p["precision"], backend=p["backend"],
                 threads=p["threads"],
                 axes={"search": "verify", "instances": p["instances"],
@@ -743,7 +789,9 @@ def best_record(c: Cell, cfg: SearchConfig) -> dict:
            f"--instances {inst} --threads {threads} "
            f"--batch-timeout {timeout:g}ms --target-qps {qps:.4g} "
            f"--latency-budget {cfg.latency_budget_ms:g}ms --percentile {cfg.percentile:g} "
-           f"--duration {cfg.probe_duration:g}s")
+           f"--duration {cfg.probe_duration:g}s"
+           + (f" --mode e2e-jpeg --input {cfg.input} --decoder {cfg.decoder} "
+              f"--decode-workers {cfg.decode_workers}" if cfg.input else ""))
     return {"host": c.host, "host_name": _host_name(c.host), "variant": c.variant,
             "max_batch": c.batch_size, "batch_timeout_ms": timeout, "instances": inst,
             "threads_per_instance": threads, "qps": qps, "predicted_qps": s["predicted_qps"],

@@ -18,6 +18,10 @@
 7. densebench's best variant against the tools a user would pick instead, alternating
    rounds at batch 16: `benchmark_app` at its best precision and timm's `benchmark.py` at
    its best CPU settings (targets: at least 1.2x and 2.5x).
+8. The JPEG path: Pillow against torchvision's decoder (decode and preprocess per image,
+   densebench's synthetic 500 x 375 JPEGs, the weights' transforms, alternating rounds in
+   one process), and model-only against JPEG-to-top-5 throughput of the fastest variant
+   at batch 16 (`densebench run --mode model,e2e-jpeg`, both modes in each worker process).
 
 Writes the figures, with the command that produced them, to docs/performance.md.
 """
@@ -293,12 +297,69 @@ def side_by_side(best: str, rounds: int, seconds: int, timm_iters: int) -> dict:
     return out
 
 
-SECTIONS = (1, 2, 3, 4, 5, 6, 7)
+def decoders_compared(rounds: int) -> dict:
+    """Decode and preprocess every synthetic JPEG with each decoder, alternating rounds;
+    ms per image, and torchvision's over Pillow's per round."""
+    from densebench.imaging import sources
+    from densebench.imaging.decoders import get_decoder
+    from densebench.imaging.pipeline import JpegPipeline, transform_for
+    from densebench.models import load_model
+
+    source = sources.resolve("jpeg:synthetic")
+    data = [p.read_bytes() for p in source.files]
+    tf = transform_for(load_model("densenet121", "random"), 224)
+    per: dict[str, dict[str, list]] = {}
+    for _ in range(rounds):
+        for name in ("pil", "torchvision"):
+            pipe = JpegPipeline(None, get_decoder(name), tf, "cpu")
+            dec = pre = 0.0
+            for b in data:
+                _, (t0, t1, t2, t3) = pipe.load(b)
+                dec += (t2 - t1) / 1e6
+                pre += (t3 - t2) / 1e6
+            d = per.setdefault(name, {"decode": [], "preprocess": []})
+            d["decode"].append(dec / len(data))
+            d["preprocess"].append(pre / len(data))
+    total = {n: [a + b for a, b in zip(d["decode"], d["preprocess"], strict=True)]
+             for n, d in per.items()}
+    return {"per": per, "images": len(data), "rounds": rounds,
+            "mean_file_kb": source.describe()["mean_file_kb"],
+            "ratio": statistics.median(t / p for t, p in zip(total["torchvision"],
+                                                              total["pil"], strict=True))}
+
+
+def jpeg_against_model(variant: str, repeats: int, min_time: float) -> dict:
+    """`densebench run` of ``variant`` at batch 16 in model and e2e-jpeg modes (0 and 1
+    decode workers), each worker process measuring both: the ratio per process."""
+    cmd = [sys.executable, "-m", "densebench", "run", "-m", "densenet121", "-v", variant,
+           "-b", "16", "--mode", "model,e2e-jpeg", "--input", "jpeg:synthetic",
+           "--decode-workers", "0,1", "--repeats", str(repeats), "--min-time",
+           str(min_time), "--device", "cpu", "--json"]
+    res = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+    cells = [json.loads(line) for line in
+             (Path(res["path"]) / "cells.jsonl").read_text().splitlines()]
+    by_repeat: dict[int, dict] = {}
+    for c in cells:
+        if c["status"] == "ok":
+            key = "model" if c["mode"] == "model" else f"jpeg{c['axes']['decode_workers']}"
+            by_repeat.setdefault(c["repeat"], {})[key] = c
+    ratios = {k: statistics.median(r[k]["stats"]["throughput"] / r["model"]["stats"][
+        "throughput"] for r in by_repeat.values()) for k in ("jpeg0", "jpeg1")}
+    last = by_repeat[max(by_repeat)]
+    return {"command": "densebench " + " ".join(cmd[3:-1]), "variant": variant,
+            "run": res["run"], "ratios": ratios, "repeats": repeats,
+            "img_s": {k: statistics.median(r[k]["stats"]["throughput"]
+                                           for r in by_repeat.values())
+                      for k in ("model", "jpeg0", "jpeg1")},
+            "pipeline": {k: last[k]["pipeline"] for k in ("jpeg0", "jpeg1")}}
+
+
+SECTIONS = (1, 2, 3, 4, 5, 6, 7, 8)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sections", default="1,2,3,4,5,6,7",
+    ap.add_argument("--sections", default="1,2,3,4,5,6,7,8",
                     help="which figures to measure; the others stay as docs/ has them")
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--iters", type=int, default=60)
@@ -323,6 +384,8 @@ def main() -> None:
                          "the best in docs/performance.md)")
     ap.add_argument("--side-rounds", type=int, default=3)
     ap.add_argument("--timm-iters", type=int, default=20)
+    ap.add_argument("--jpeg-variant", default="openvino-int8",
+                    help="section 8: the fastest variant (section 2 names it)")
     ap.add_argument("--out", default=str(REPO / "docs" / "performance.md"))
     args = ap.parse_args()
     wanted = [int(x) for x in args.sections.split(",")]
@@ -373,6 +436,14 @@ def main() -> None:
               flush=True)
         sbs7 = side_by_side(chosen, args.side_rounds, args.openvino_seconds, args.timm_iters)
         texts[7] = _section_side_by_side(sbs7)
+    if 8 in wanted:
+        print("8/8 the JPEG path: decoders, and JPEG-to-top-5 against model-only ...",
+              flush=True)
+        dec = decoders_compared(args.rounds)
+        jpeg = jpeg_against_model(args.jpeg_variant, args.repeats, args.min_time)
+        print(f"    torchvision/pil decode+preprocess {dec['ratio']:.2f}; {jpeg['variant']} "
+              f"e2e-jpeg/model {jpeg['ratios']['jpeg0']:.2f}", flush=True)
+        texts[8] = _section_jpeg(dec, jpeg)
     write_doc(Path(args.out), texts)
 
 
@@ -545,6 +616,51 @@ def _section_loadgen(lgo: dict) -> str:
 {_rounds(lgo)}
 
 Median ratio: **{lgo['ratio']:.4f}** (target: within 5%, {_met(abs(lgo['ratio'] - 1) <= 0.05)}).
+"""
+
+
+def _section_jpeg(dec: dict, jpeg: dict) -> str:
+    def ms(name, stage):
+        return statistics.median(dec["per"][name][stage])
+
+    rows = "\n".join(
+        f"| {n} | {ms(n, 'decode'):.2f} | {ms(n, 'preprocess'):.2f} | "
+        f"{ms(n, 'decode') + ms(n, 'preprocess'):.2f} |" for n in ("pil", "torchvision"))
+    faster = "torchvision" if dec["ratio"] < 1 else "Pillow"
+    stages = []
+    for k, label in (("jpeg0", "0 decode workers"), ("jpeg1", "1 decode worker")):
+        p = jpeg["pipeline"][k]
+        shares = ", ".join(f"{s} {v['share']:.0%}" for s, v in p["stages"].items()
+                           if v.get("share", 0) >= 0.01)
+        stages.append(f"- {label}: {shares}; bottleneck **{p['bottleneck']['stage']}**; "
+                      f"latency per image p50 {p['latency']['p50_ms']:.0f} ms")
+    stage_lines = "\n".join(stages)
+    return f"""## 8. The JPEG path: decoders, and JPEG to top-5 against the model alone
+
+{_stamp()}
+
+Decode and preprocess (the weights' transforms: resize 256, centre crop 224, normalise)
+of densebench's {dec['images']} synthetic 500 x 375 JPEGs (mean {dec['mean_file_kb']} KB),
+ms per image, median of {dec['rounds']} alternating rounds in one process:
+
+| decoder | decode ms | preprocess ms | together ms |
+|---|---|---|---|
+{rows}
+
+torchvision / Pillow, decode and preprocess together: **{dec['ratio']:.2f}** (median of the
+rounds' ratios): {faster} is the faster here.
+
+`{jpeg['command']}` (run {jpeg['run']}), {jpeg['repeats']} worker processes each measuring
+both modes; img/s, medians over the processes:
+
+| {jpeg['variant']}, batch 16 | img/s | against model-only |
+|---|---|---|
+| model only (input already on the device) | {jpeg['img_s']['model']:.1f} | 1.00 |
+| JPEG to top-5, 0 decode workers | {jpeg['img_s']['jpeg0']:.1f} | {jpeg['ratios']['jpeg0']:.2f} |
+| JPEG to top-5, 1 decode worker | {jpeg['img_s']['jpeg1']:.1f} | {jpeg['ratios']['jpeg1']:.2f} |
+
+Where the time goes (share of the work per batch, the last process):
+{stage_lines}
 """
 
 

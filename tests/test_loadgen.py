@@ -164,7 +164,8 @@ def test_accuracy_mode_checks_every_response(cli, workdir):
     (["--max-batch", "4"], "--max-batch is a setting of the LoadGen scenarios"),
     (["--scenario", "offline", "--target-qps", "5"], "is a setting of the server scenario"),
     (["--scenario", "offline", "-b", "4"], "--batch-size is a closed-loop setting"),
-    (["--scenario", "offline", "--mode", "model"], "--mode must be e2e for the LoadGen"),
+    (["--scenario", "offline", "--mode", "model"],
+     "--mode must be e2e or e2e-jpeg for the LoadGen"),
 ])
 def test_bad_scenario_input(cli, workdir, args, needle):
     r = cli("run", "--device", "cpu", "-m", "pool-tiny", "-v", "sleep", *args)

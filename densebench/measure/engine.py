@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 from densebench.errors import bad_setting
 
-MODES = ("model", "e2e")
+MODES = ("model", "e2e", "e2e-jpeg")  # e2e-jpeg: JPEG bytes to top-5 (densebench.imaging)
+DEFAULT_MODES = ("model", "e2e")  # e2e-jpeg needs its images: asked for by name
 MAX_WARMUP_S = 3600.0  # an hour of warm-up is a typo, not a plan
 MAX_WARMUP_ITERS = 1_000_000
 

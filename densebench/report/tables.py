@@ -10,6 +10,7 @@ from rich.text import Text
 
 from densebench import parity
 from densebench.measure.stats import min_samples
+from densebench.report.stages import stage_notes, stages_table
 
 
 def summary_rows(run) -> list[dict]:
@@ -47,14 +48,14 @@ def summary_rows(run) -> list[dict]:
             "parity_within": parity.within(c.precision, par),
             "parity_cosine_min": par.get("cosine_similarity_min"),
             "accuracy": c.accuracy,
-            "loadgen": c.loadgen, "search": c.search,
+            "loadgen": c.loadgen, "search": c.search, "pipeline": c.pipeline,
             "instances": c.scenario_settings.get("instances"),
             "busy": c.busy, "others_cores": (c.host_load or {}).get("others_cores"),
             "processes": st.get("processes", 1),
             "between_process_spread": st.get("between_process_spread"),
             "processes_disagree": st.get("processes_disagree", False),
         })
-    order = {"model": 0, "e2e": 1}
+    order = {"model": 0, "e2e": 1, "e2e-jpeg": 2}
     rows.sort(key=lambda r: (r["scenario"], order.get(r["mode"], 9), r["batch_size"],
                              sorted(r["axes"].items()), r["status"] != "ok",
                              -(r["throughput"] or 0)))
@@ -64,7 +65,8 @@ def summary_rows(run) -> list[dict]:
 def axes_text(axes: dict) -> str:
     """A sweep cell's other axes, short: 224px t2."""
     return " ".join(f"{v}px" if k == "image_size" else f"t{v}" if k == "threads"
-                    else f"{k} {v}" for k, v in axes.items())
+                    else f"{v} decode worker{'' if v == 1 else 's'}"
+                    if k == "decode_workers" else f"{k} {v}" for k, v in axes.items())
 
 
 def _ms(v) -> str:
@@ -159,6 +161,10 @@ def summary_table(run) -> Group:
     answer = fastest_line(closed)
     if answer is not None:
         tables.append(answer)
+    jpeg = [r for r in rows if r["status"] == "ok" and r["pipeline"]]
+    if jpeg:
+        tables.append(stages_table(jpeg))
+        tables.extend(stage_notes(jpeg))
     if served:
         tables.append(loadgen_table(served))
     foot = [Text("±95%: half-width of the bootstrap 95% interval, relative to the value"
@@ -224,6 +230,14 @@ def _verdict_text(lg: dict | None) -> Text:
     return Text(lg.get("validity", "?"), style="green" if ok else "red bold")
 
 
+def _served_name(r: dict) -> str:
+    """A LoadGen cell's variant, with its path where it is not the tensor one."""
+    if r["mode"] != "e2e-jpeg":
+        return r["variant"]
+    n = r["axes"].get("decode_workers", 0)
+    return f"{r['variant']} [jpeg, {n} decode worker{'' if n == 1 else 's'}]"
+
+
 def loadgen_table(rows: list[dict]) -> Table:
     """LoadGen scenario cells: every figure with its verdict, INVALID never without why."""
     t = Table(title="LoadGen scenarios (LoadGen's own figures and verdicts; latencies per "
@@ -235,12 +249,12 @@ def loadgen_table(rows: list[dict]) -> Table:
     for r in rows:
         lg = r["loadgen"] or {}
         if r["status"] != "ok":
-            t.add_row(r["scenario"], r["variant"], str(r["batch_size"]),
+            t.add_row(r["scenario"], _served_name(r), str(r["batch_size"]),
                       str(r["instances"] or 1), Text("failed", style="red"),
                       *[""] * 7)
             continue
         t.add_row(
-            r["scenario"], r["variant"], str(r["batch_size"]), str(r["instances"] or 1),
+            r["scenario"], _served_name(r), str(r["batch_size"]), str(r["instances"] or 1),
             _verdict_text(lg), _num(lg.get("target_qps")), _num(r["throughput"]),
             _ms(r["p50_ms"]), _ms(r["p90_ms"]), _ms(r["p99_ms"]),
             str(lg.get("query_count") or "-"),
@@ -260,7 +274,9 @@ def loadgen_notes(run) -> list[Text]:
         lg = c.loadgen
         if not lg:
             continue
-        where = f"{c.scenario} {c.variant} max batch {c.batch_size}"
+        where = f"{c.scenario} {c.variant} max batch {c.batch_size}" + (
+            f" (jpeg, {c.axes.get('decode_workers', 0)} decode workers)"
+            if c.mode == "e2e-jpeg" else "")
         if lg.get("validity") != "VALID":
             out.append(Text(f"{where}: INVALID: {'; '.join(lg.get('reasons') or [])}",
                             style="red"))

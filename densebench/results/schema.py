@@ -96,6 +96,7 @@ class Cell:
     loadgen: dict | None = None  # LoadGen scenarios: verdict, reasons, figures, log files
     worker: dict = field(default_factory=dict)  # the worker's pid, thread settings, Ray node
     search: dict | None = None  # `search` cells: the probes and the best VALID QPS
+    pipeline: dict | None = None  # e2e-jpeg cells: each stage's times, the bottleneck
     extra: dict = field(default_factory=dict)  # fields this version does not know, kept
 
     @property

@@ -56,6 +56,7 @@ class Scenario:
     Settings: ClassVar[type] = NoSettings
     BATCH_AXIS: ClassVar[str] = "batch_sizes"  # or "max_batch", one of its Settings
     MODES: ClassVar[tuple[str, ...] | None] = None  # None: every mode
+    DEFAULT_MODES: ClassVar[tuple[str, ...] | None] = None  # None: MODES, or model and e2e
     MODES_WHY: ClassVar[str] = ""
     DEFAULT_REPEATS: ClassVar[int] = 3
 
@@ -80,8 +81,8 @@ class Scenario:
         if self.BATCH_AXIS != "batch_sizes" and config.batch_sizes is not None:
             raise bad_setting("batch_sizes", f"is a closed-loop setting: the {self.NAME} "
                               f"scenario batches dynamically; give {self.BATCH_AXIS}")
-        if self.MODES is not None and config.modes not in (None, list(self.MODES)):
-            raise bad_setting("modes", f"must be {', '.join(self.MODES)} for the "
+        if self.MODES is not None and any(m not in self.MODES for m in config.modes or []):
+            raise bad_setting("modes", f"must be {' or '.join(self.MODES)} for the "
                               f"{self.FAMILY or self.NAME} scenarios{self.MODES_WHY}")
 
     def batch_sizes(self, config) -> list[int]:
@@ -91,9 +92,9 @@ class Scenario:
         return getattr(config.scenario_settings, self.BATCH_AXIS) or [1]
 
     def modes(self, config) -> list[str]:
-        from densebench.measure.engine import MODES
+        from densebench.measure.engine import DEFAULT_MODES
 
-        return list(self.MODES) if self.MODES is not None else (config.modes or list(MODES))
+        return config.modes or list(self.DEFAULT_MODES or self.MODES or DEFAULT_MODES)
 
     def repeats(self, config) -> int:
         return config.repeats if config.repeats is not None else self.DEFAULT_REPEATS

@@ -3,7 +3,8 @@
 Per batch size: the fixed parity input and its fp32 reference once; per mode (``model``:
 input already on the device; ``e2e``: host in, host out): warm-up with the timed shape,
 then the stop rule's iterations, timed with the session's clock, then parity, memory and
-CPU utilisation. A cell that fails (a batch that does not fit, say) is emitted as failed
+CPU utilisation. ``e2e-jpeg`` cells start from JPEG files and end at top-5, every stage
+timed (``imaging.measure``). A cell that fails (a batch that does not fit, say) is emitted as failed
 and the next cell goes on.
 """
 
@@ -62,6 +63,11 @@ class ClosedLoop(Scenario):
         for planned in cells:
             bs, mode = planned.batch_size, planned.mode
             try:
+                if mode == "e2e-jpeg":
+                    cell = self.jpeg_cell(prepared, planned, settings, emit, first_cell, cold)
+                    first_cell = False
+                    emit({"event": "cell", "cell": cell.to_dict()})
+                    continue
                 if bs not in inputs:  # inside the try: a batch too big to allocate fails
                     inputs.clear()
                     x_host = fixed_input(bs, prepared.image_size)
@@ -120,3 +126,28 @@ class ClosedLoop(Scenario):
                     torch.cuda.empty_cache()
                 cell = planned.failed(one_line(e))
             emit({"event": "cell", "cell": cell.to_dict()})
+
+    def jpeg_cell(self, prepared, planned: Cell, settings: dict, emit: Emit,
+                  first_cell: bool, cold: dict) -> Cell:
+        """An e2e-jpeg cell: JPEG files to top-5 (``imaging.measure``)."""
+        from densebench.environment import HostLoad
+        from densebench.imaging.measure import measure_jpeg
+
+        label, bs, mode = prepared.variant.label, planned.batch_size, planned.mode
+        emit({"event": "phase", "variant": label, "batch_size": bs, "mode": mode,
+              "phase": prepared.backend.FIRST_CALL if first_cell else "warm-up"})
+
+        def report(n, elapsed):
+            emit({"event": "progress", "variant": label, "batch_size": bs, "mode": mode,
+                  "iters": n, "elapsed": elapsed})
+
+        load = HostLoad().start()
+        measured = measure_jpeg(prepared, planned, settings, report)
+        if first_cell:
+            cold["first_inference_s"] = measured["first_iteration_s"]
+        return Cell.from_dict({
+            **planned.to_dict(), "status": "ok", "error": None, **measured,
+            "cold_start": dict(cold), "memory": {"peak_rss_mb": round(peak_rss_mb(), 1)},
+            "model_size_mb": round(prepared.model_size_mb, 2),
+            "options": prepared.session.options, "warnings": list(prepared.session.warnings),
+            "host_load": load.stop()})

@@ -69,9 +69,36 @@ class SampleLibrary:
         self.reference = reference  # fp32 eager logits (n, classes) or None
         self.count = int(images.shape[0])
 
-    @classmethod
-    def build(cls, prepared, samples: int, data: str | None) -> SampleLibrary:
+    def infer(self, session, indices: list[int], issued: list[int] | None = None):
+        """Host logits for the samples ``indices`` (``issued``: when LoadGen issued each,
+        for libraries that time stages from there)."""
         import torch
+
+        return session.e2e(self.images.index_select(0, torch.tensor(indices)))
+
+    def reset_times(self) -> None:
+        """Forget what the warm-up timed (a library that times stages keeps them)."""
+
+    def stage_summary(self, batch_sizes: dict) -> dict | None:
+        return None
+
+    def use_workers(self, workers: int) -> None:
+        """Decode workers for the next cell (only the JPEG path decodes)."""
+
+    def close(self) -> None:
+        pass
+
+    @classmethod
+    def build(cls, prepared, samples: int, data: str | None, mode: str = "e2e",
+              settings: dict | None = None):
+        """The library for ``mode``: preprocessed tensors, or (e2e-jpeg) JPEG bytes that
+        the system under test decodes (``imaging.library.JpegLibrary``)."""
+        import torch
+
+        if mode == "e2e-jpeg":
+            from densebench.imaging.library import JpegLibrary
+
+            return JpegLibrary(prepared, settings or {}, samples)
 
         from densebench.parity import fixed_input
 
@@ -164,16 +191,13 @@ class DynamicBatcher:
         return batch
 
     def _serve(self, session) -> None:
-        import torch
-
         lib = self.library
         while True:
             batch = self._take()
             if batch is None:
                 return
-            idx = torch.tensor([b[1] for b in batch])
             try:
-                logits = session.e2e(lib.images.index_select(0, idx))
+                logits = lib.infer(session, [b[1] for b in batch], [b[2] for b in batch])
                 out = np.ascontiguousarray(logits.numpy(), dtype=np.float32)
             except Exception as e:  # answered anyway, so LoadGen never waits forever
                 self.errors.append(one_line(e))
@@ -318,8 +342,9 @@ class LoadGenScenario(Scenario):
     FAMILY = "LoadGen"
     Settings = LoadGenSettings
     BATCH_AXIS = "max_batch"
-    MODES = ("e2e",)
-    MODES_WHY = ": they answer LoadGen with host logits from host inputs"
+    MODES = ("e2e", "e2e-jpeg")
+    DEFAULT_MODES = ("e2e",)
+    MODES_WHY = ": they answer LoadGen with host logits from host inputs (or JPEG bytes)"
     DEFAULT_REPEATS = 1  # LoadGen keeps its own statistics over the queries
     LG_NAME = ""  # TestScenario member
     SAMPLES_PER_QUERY_DEFAULT = 1
@@ -363,21 +388,26 @@ class LoadGenScenario(Scenario):
             workdir: Path) -> None:
         lg = require_loadgen(self.NAME)
         label = prepared.variant.label
-        emit({"event": "phase", "variant": label, "phase": "sample library"})
-        try:
-            library = SampleLibrary.build(prepared, settings["samples"], settings["data"])
-        except Exception as e:
-            for planned in cells:
-                emit({"event": "cell", "cell": planned.failed(one_line(e)).to_dict()})
-            return
-        sessions = prepared.sessions(settings["instances"])
+        libraries: dict = {}  # by mode: tensors, or JPEG bytes
+        sessions = None
         for planned in cells:
             try:
+                library = libraries.get(planned.mode)
+                if library is None:
+                    emit({"event": "phase", "variant": label, "phase": "sample library"})
+                    library = libraries[planned.mode] = SampleLibrary.build(
+                        prepared, settings["samples"], settings["data"], planned.mode,
+                        settings)
+                if sessions is None:
+                    sessions = prepared.sessions(settings["instances"])
+                library.use_workers(int(planned.axes.get("decode_workers", 0)))
                 cell = self.run_cell(lg, prepared, sessions, library, planned, settings,
                                      emit, workdir)
             except Exception as e:
                 cell = planned.failed(one_line(e))
             emit({"event": "cell", "cell": cell.to_dict()})
+        for library in libraries.values():
+            library.close()
 
     def run_cell(self, lg, prepared, sessions, library, planned: Cell, settings: dict,
                  emit: Emit, workdir: Path) -> Cell:
@@ -390,6 +420,7 @@ class LoadGenScenario(Scenario):
         emit({"event": "phase", "variant": label, "phase": "warm-up",
               "batch_size": planned.batch_size, "mode": planned.mode})
         timing = warm_up(sessions, library, planned.batch_size)
+        library.reset_times()
         emit({"event": "phase", "variant": label, "phase": f"loadgen {self.NAME}",
               "batch_size": planned.batch_size, "mode": planned.mode})
         out = workdir / "loadgen" / _cell_dir(planned)
@@ -422,6 +453,7 @@ class LoadGenScenario(Scenario):
             "accuracy": accuracy, "timer": "loadgen", "host_load": batcher.host_load,
             "cold_start": dict(prepared.cold_start), "options": prepared.session.options,
             "model_size_mb": round(prepared.model_size_mb, 2),
+            "pipeline": library.stage_summary(batcher.batch_sizes),
         })
 
     def run_loadgen(self, lg, sessions, library, s: dict, timing: dict, out: Path,
@@ -497,16 +529,16 @@ def warm_up(sessions, library: SampleLibrary, max_batch: int) -> dict:
     the median ms of one sample (``one_ms``) and of a full batch (``batch_ms``)."""
     import statistics
 
-    full = library.images[[i % library.count for i in range(max_batch)]]
+    full = [i % library.count for i in range(max_batch)]
     one, batch = [], []
     for sess in sessions:
         for b in sorted({1, max_batch}):
-            sess.e2e(full[:b])
+            library.infer(sess, full[:b])
         for _ in range(3):
             t0 = time.perf_counter()
-            sess.e2e(full[:1])
+            library.infer(sess, full[:1])
             t1 = time.perf_counter()
-            sess.e2e(full)
+            library.infer(sess, full)
             t2 = time.perf_counter()
             one.append((t1 - t0) * 1e3)
             batch.append((t2 - t1) * 1e3)
@@ -514,7 +546,10 @@ def warm_up(sessions, library: SampleLibrary, max_batch: int) -> dict:
 
 
 def _cell_dir(c: Cell) -> str:
-    return f"{c.variant.replace(':', '_')}-b{c.batch_size}-{c.scenario}"
+    """The cell's own log folder: its variant, batch, scenario, and its path and decode
+    workers when it starts from JPEG bytes."""
+    jpeg = f"-jpeg-dw{c.axes.get('decode_workers', 0)}" if c.mode == "e2e-jpeg" else ""
+    return f"{c.variant.replace(':', '_')}-b{c.batch_size}-{c.scenario}{jpeg}"
 
 
 def _accuracy(outputs: dict, library: SampleLibrary):
@@ -531,8 +566,11 @@ def _accuracy(outputs: dict, library: SampleLibrary):
     par.add(got, library.reference[idx])
     acc = None
     if library.labels is not None:
-        correct = int((got.argmax(1) == library.labels[idx]).sum())
-        acc = {"top1": correct / len(idx), "images": len(idx), "source": "loadgen accuracy"}
+        labels = library.labels[idx]
+        top5 = got.topk(min(5, got.shape[1]), 1).indices
+        acc = {"top1": int((got.argmax(1) == labels).sum()) / len(idx),
+               "top5": int((top5 == labels[:, None]).any(1).sum()) / len(idx),
+               "images": len(idx), "source": "loadgen accuracy"}
     return par.result(), acc
 
 

@@ -20,6 +20,7 @@ from torch import nn
 
 from densebench.backends import Backend, Session, register_backend
 from densebench.errors import bad_setting
+from densebench.imaging.decoders import PillowDecoder, register_decoder
 from densebench.measure.stats import summarize
 from densebench.models import register_model
 from densebench.parity import fixed_input
@@ -163,6 +164,19 @@ register_variant(Variant("sleep-fast", "sleep", "test: sleeps 0.02 ms per batch"
 register_variant(Variant("sleep-bf16", "sleep", "test: sleeps 2 ms, where $SLEEPY_FLAGS has bf16",
                          precision="bf16",
                          options={"base_ms": 2.0, "per_image_ms": 0.0, "needs": "bf16"}))
+
+
+@register_decoder
+class SlowDecoder(PillowDecoder):
+    """Pillow, after a known sleep per image ($SLEEPY_DECODE_MS, 8 ms by default): a
+    decoder slow enough to be the JPEG path's bottleneck, by arithmetic."""
+
+    NAME = "slow-pil"
+    DESCRIPTION = "test decoder: Pillow after a known sleep per image"
+
+    def decode(self, data: bytes, device: str):
+        time.sleep(float(os.environ.get("SLEEPY_DECODE_MS", "8")) / 1e3)
+        return super().decode(data, device)
 
 
 @dataclass
