@@ -47,6 +47,10 @@ def pytest_configure(config):
     token = _SESSION_DIR / "ray_auth_token"
     token.write_text(secrets.token_hex(32))
     os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token))
+    # what the CLI prints does not depend on the terminal the suite was started from: a
+    # narrow one (COLUMNS=80, as pytest-xdist's workers see) would wrap the lines tests read
+    for name in ("COLUMNS", "LINES"):
+        os.environ.pop(name, None)
     if os.environ.get("DENSEBENCH_TEST_PRETEND_CUDA") == "1":
         torch.cuda.is_available = lambda: True
 

@@ -54,11 +54,11 @@ class JpegLibrary:
         """The next cell's pool of decode workers (0: each instance decodes its batch)."""
         self.close()
         self.workers = workers
-        self._pool = decode_pool(workers)
+        self._pool = decode_pool(workers, self.decoder, self.transform, self.device)
 
     def close(self) -> None:
         if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool.shutdown()
         self._pool = None
         self._pipes.clear()
 

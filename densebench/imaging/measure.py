@@ -53,7 +53,7 @@ def measure_jpeg(prepared, planned, settings: dict, report) -> dict:
     source, bad, decoder = source_for(settings, prepared)
     bs, workers = planned.batch_size, int(planned.axes.get("decode_workers", 0))
     transform = transform_for(prepared.loaded, prepared.image_size)
-    pool = decode_pool(workers)
+    pool = decode_pool(workers, decoder, transform, prepared.device)
     pipe = JpegPipeline(prepared.session, decoder, transform, prepared.device, pool)
     files = itertools.cycle(source.files)
 
@@ -73,7 +73,7 @@ def measure_jpeg(prepared, planned, settings: dict, report) -> dict:
         accuracy = jpeg_accuracy(pipe, source, bs, prepared.loaded.num_classes)
     finally:
         if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
+            pool.shutdown()
     return {"stats": summarize(samples, bs), "samples_ms": samples, "parity": parity,
             "accuracy": accuracy, "pipeline": pipeline,
             "warmup_iters": n_warm, "first_iteration_s": round(first_s, 4),

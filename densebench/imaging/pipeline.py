@@ -3,10 +3,13 @@
 ``JpegPipeline`` serves one session: ``submit(items)`` starts a batch (a file is read, its
 bytes decoded, the image resized, centre-cropped and normalised by the weights' own
 transforms), in a pool of decode workers beside the model's threads when there is one, or
-when the batch is finished otherwise; ``finish(pending)`` waits for its images, stacks
-them, copies them to the device, runs the session, copies the logits back and takes the
-softmax and the top-5. Each image's timestamps are kept (``StageTimes``): ``read``,
-``decode``, ``preprocess`` (its own), ``queue`` (waiting: before a decode worker took it,
+when the batch is finished otherwise. Decode workers are processes (``DecodePool``), one
+intra-op thread each, as DataLoader's are: threads would share the model's GIL and its
+OpenMP pool, and on a loaded host they ran slower than no workers at all.
+``finish(pending)`` waits for its images, stacks them, copies them to the device, runs
+the session, copies the logits back and takes the softmax and the top-5. Each image's
+timestamps are kept (``StageTimes``): ``read``, ``decode``, ``preprocess`` (its own),
+``queue`` (waiting: before a decode worker took it,
 and after it was ready until its batch was copied, stacking included), and its batch's
 ``h2d``, ``compute``, ``d2h`` and ``postprocess``. The stages of an image are contiguous:
 they add up to its latency, submitted to top-5.
@@ -17,9 +20,11 @@ work per batch, and the bottleneck with what to change.
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -88,12 +93,75 @@ class StageTimes:
         self.batches += other.batches
 
 
+def load_image(decoder, transform, device: str, item):
+    """One image: (its input tensor, its read/decode/preprocess timestamps in ns, on the
+    host's monotonic clock, the same in every process)."""
+    perf = time.perf_counter_ns
+    t0 = perf()
+    data = item.read_bytes() if isinstance(item, Path) else item
+    t1 = perf()
+    image = decoder.decode(data, device)
+    t2 = perf()
+    x = transform(image)
+    t3 = perf()
+    return x, (t0, t1, t2, t3)
+
+
+_IN_WORKER: tuple | None = None  # in a decode worker process: (decoder, transform, device)
+
+
+def _start_worker(decoder_name: str, transform, device: str, parent: int) -> None:
+    global _IN_WORKER
+    from densebench.imaging.decoders import get_decoder
+    from densebench.worker import die_with_parent
+
+    die_with_parent(parent)
+    torch.set_num_threads(1)
+    _IN_WORKER = (get_decoder(decoder_name), transform, device)
+
+
+def _load_in_worker(item):
+    return load_image(*_IN_WORKER, item)
+
+
+def _pid_after(seconds: float) -> int:
+    time.sleep(seconds)
+    return os.getpid()
+
+
+class DecodePool:
+    """``workers`` decode worker processes (spawned, so no OpenMP state is forked), each
+    with one intra-op thread and the decoder and transforms; all started before anything
+    is timed. A decoder that decodes onto the device shares the CUDA context, so it gets
+    threads instead."""
+
+    def __init__(self, workers: int, decoder, transform, device: str):
+        self.workers = workers
+        if decoder.ON_DEVICE:
+            self._executor = ThreadPoolExecutor(workers, thread_name_prefix="densebench-decode")
+            self._load = lambda item: load_image(decoder, transform, device, item)
+            return
+        self._executor = ProcessPoolExecutor(
+            workers, mp_context=multiprocessing.get_context("spawn"),
+            initializer=_start_worker, initargs=(decoder.NAME, transform, device, os.getpid()))
+        self._load = _load_in_worker
+        started, deadline = set(), time.monotonic() + 120
+        while len(started) < workers and time.monotonic() < deadline:
+            started |= set(self._executor.map(_pid_after, [0.05] * workers))
+
+    def submit(self, item) -> Future:
+        return self._executor.submit(self._load, item)
+
+    def shutdown(self) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+
 class JpegPipeline:
     """One session's JPEG path. ``pool``: the decode workers (shared by every instance of
     a LoadGen run), or None to decode in the calling thread."""
 
     def __init__(self, session, decoder, transform, device: str,
-                 pool: ThreadPoolExecutor | None = None):
+                 pool: DecodePool | None = None):
         self.session = session
         self.decoder = decoder
         self.transform = transform
@@ -103,22 +171,13 @@ class JpegPipeline:
         self._lock = threading.Lock()
 
     def load(self, item) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
-        """One image: (its input tensor, its read/decode/preprocess timestamps in ns)."""
-        perf = time.perf_counter_ns
-        t0 = perf()
-        data = item.read_bytes() if isinstance(item, Path) else item
-        t1 = perf()
-        image = self.decoder.decode(data, self.device)
-        t2 = perf()
-        x = self.transform(image)
-        t3 = perf()
-        return x, (t0, t1, t2, t3)
+        return load_image(self.decoder, self.transform, self.device, item)
 
     def submit(self, items: list, submitted: list[int] | None = None) -> Pending:
         now = time.perf_counter_ns()
         pending = Pending(list(items), submitted or [now] * len(items))
         if self.pool is not None:
-            pending.futures = [self.pool.submit(self.load, it) for it in items]
+            pending.futures = [self.pool.submit(it) for it in items]
         return pending
 
     def finish(self, pending: Pending) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -155,9 +214,8 @@ class JpegPipeline:
         return self.finish(self.submit(items))[0]
 
 
-def decode_pool(workers: int) -> ThreadPoolExecutor | None:
-    return ThreadPoolExecutor(workers, thread_name_prefix="densebench-decode") \
-        if workers > 0 else None
+def decode_pool(workers: int, decoder, transform, device: str) -> DecodePool | None:
+    return DecodePool(workers, decoder, transform, device) if workers > 0 else None
 
 
 # ============================================================================ the summary
