@@ -295,11 +295,13 @@ def test_search_on_the_jpeg_path_times_the_decoder_in_each_call(cli, workdir, mo
     pytest.importorskip("mlperf_loadgen")
     monkeypatch.setenv("SLEEPY_DECODE_MS", "3")
     write_jpegs(workdir / "photos", 8)
+    # a generous budget: a loaded host's stalls in the screened calls must not leave no rate
+    # to predict (and so nothing to verify)
     r = cli("search", *TINY[:4], "--device", "cpu", "-v", "sleep", "--latency-budget",
-            "100ms", "--percentile", "90", "--max-batch", "1", "--instances", "1",
+            "300ms", "--percentile", "90", "--max-batch", "1", "--instances", "1",
             "--input", f"jpeg:{workdir / 'photos'}", "--decoder", "slow-pil",
-            "--screen-time", "0.2", "--probe-duration", "1", "--min-queries", "80",
-            "--verify", "1", "--max-time", "60", "--json")
+            "--screen-time", "1", "--probe-duration", "1", "--min-queries", "80",
+            "--verify", "1", "--max-time", "120", "--json")
     assert r.exit_code == 0, r.stderr
     res = json.loads(r.stdout)
     (screened,) = res["screened"]
@@ -310,4 +312,5 @@ def test_search_on_the_jpeg_path_times_the_decoder_in_each_call(cli, workdir, mo
     assert verified and all(c["mode"] == "e2e-jpeg" for c in cells)
     probes = [json.loads(line) for line in
               (workdir / "runs" / res["run"] / "probes.jsonl").read_text().splitlines()]
-    assert probes and all(p["pipeline"]["stages"]["decode"]["mean_ms"] >= 3 for p in probes)
+    assert probes, (res["predictions"], res["combinations"])
+    assert all(p["pipeline"]["stages"]["decode"]["mean_ms"] >= 3 for p in probes)

@@ -184,3 +184,18 @@ def test_loadgen_missing_is_one_line_saying_how_to_install_it(workdir):
     assert p.stderr.strip().splitlines() == [
         "densebench: error: --scenario offline needs MLPerf LoadGen, which is not installed: "
         "pip install mlcommons-loadgen"]
+
+
+def test_a_server_run_without_a_budget_is_judged_against_the_default_one():
+    """A server run given no --latency-budget runs under LoadGen's 100 ms, its record says
+    so, and an INVALID verdict over it reads as words (a loaded host's latency bound missed
+    once raised a TypeError there, and the cell failed)."""
+    from densebench.run import RunConfig
+    from densebench.scenarios.loadgen import verdict
+
+    cfg = RunConfig(scenario="server", target_qps=20, variants=["eager"])
+    assert cfg.scenario_object.record(cfg, 1)["latency_budget_ms"] == 100.0
+    missed = {"result_validity": "INVALID", "result_perf_constraints_met": False}
+    assert verdict(missed, 100.0, 99)["reasons"] == [
+        "latency bound not met (p99 over the 100 ms budget)"]
+    assert "over the latency bound" in verdict(missed, None, 99)["reasons"][0]
