@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# `make gpu-check`: the GPU variants of densenet121 at batch sizes 1, 16 and 256, in a few
-# minutes, on a machine with an NVIDIA GPU. Runs the package from the tree (no install), so
+# `make gpu-check`: the GPU variants of densenet121 at batch sizes 1, 16 and 256, and the
+# JPEG path with each decoder, in a few minutes, on a machine with an NVIDIA GPU. Runs the package from the tree (no install), so
 # it works on an image that brings its own PyTorch. Writes a run directory and prints the
 # summary table last.
 #
@@ -30,4 +30,13 @@ fi
   --name gpu-check --json > "$OUT/summary.json"
 rc=$?
 "$PY" -m densebench show gpu-check
+# the JPEG path on the GPU: nvJPEG (torchvision-cuda) against Pillow and torchvision on the
+# CPU, amp-fp16 at batch 64, where the time goes (kept apart: a failure here is its own)
+for dec in torchvision-cuda torchvision pil; do
+  "$PY" -m densebench run --device cuda --model densenet121 --variant amp-fp16 \
+    --mode e2e-jpeg --input jpeg:synthetic --decoder "$dec" --batch-size 64 \
+    --warmup 3 --min-iters 10 --min-time 1 --max-time 3 --timeout 300 \
+    --name "gpu-jpeg-$dec" --json > "$OUT/jpeg-$dec.json" && \
+    "$PY" -m densebench show "gpu-jpeg-$dec"
+done
 exit $rc
