@@ -92,13 +92,15 @@ def test_a_target_no_node_satisfies_is_refused_before_anything_runs(two_nodes, w
 def test_a_search_answers_per_node(two_nodes, workdir):
     """Two nodes, bf16 on one: each screens both variants (sleep-bf16 fails where the CPU
     lacks bf16, and is not admitted there), verifies its own best, and the answer names
-    each node's configuration, the bf16 node's (2 ms a sample against 5) best overall."""
+    each node's configuration, the bf16 node's (2 ms a sample against 5) best overall. The
+    budget is 20 times a sample: on a loaded 2-core host running two Ray nodes, 30 ms left
+    the 5 ms node no VALID rate at all (CI with a burner)."""
     import platform
 
     from densebench.search import SearchConfig, run_search
 
     rec = run_search(SearchConfig(
-        latency_budget_ms=30.0, percentile=90, variants=["sleep", "sleep-bf16"],
+        latency_budget_ms=100.0, percentile=90, variants=["sleep", "sleep-bf16"],
         max_batch=[1], instances=[1], model="pool-tiny", device="cpu", samples=32,
         probe_duration=1.0, screen_time=0.1, precision=0.5, executor="ray",
         prices={f"{platform.node()}#small": 1.0, f"{platform.node()}#big": 1.0}))
