@@ -7,12 +7,18 @@ import torch
 from densebench.errors import ConfigError, DeviceError
 
 
+def cuda_available() -> bool:
+    """Whether a CUDA GPU is visible: the one question every device decision asks (the test
+    suite's pretend-CUDA switch answers it, not torch, so torch's own code paths stay real)."""
+    return torch.cuda.is_available()
+
+
 def resolve_device(name: str | None) -> str:
     """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; a CUDA request without a GPU
     is an error, not a CPU run."""
     name = (name or "auto").strip().lower()
     if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        return "cuda" if cuda_available() else "cpu"
     if name == "cpu":
         return "cpu"
     if name == "cuda" or name.startswith("cuda:"):
@@ -22,12 +28,12 @@ def resolve_device(name: str | None) -> str:
             raise ConfigError(
                 f"--device {name!r} is not a device name: use cpu, cuda or cuda:N"
             ) from e
-        if not torch.cuda.is_available():
+        if not cuda_available():
             raise DeviceError(
                 f"--device {name} asked for a GPU but this machine has none visible to PyTorch: "
                 "use --device cpu (or auto)"
             )
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
+        if dev.index is not None and dev.index >= max(torch.cuda.device_count(), 1):
             raise DeviceError(
                 f"--device {name}: only {torch.cuda.device_count()} GPU(s) here (cuda:0.."
                 f"cuda:{torch.cuda.device_count() - 1})"

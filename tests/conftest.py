@@ -15,6 +15,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+import densebench.devices
 from densebench.artifacts import ArtifactCache
 from densebench.exporters import ExportSpec, export_artifact
 
@@ -34,9 +35,12 @@ def pytest_configure(config):
     uses them too): an earlier session's compiled kernels or a user's Ray cluster never decide
     a result. Ray's socket paths must fit 107 bytes, so the directory is short, in /tmp.
 
-    ``DENSEBENCH_TEST_PRETEND_CUDA=1`` makes ``torch.cuda.is_available()`` answer True in
-    the test process (off by default): a run of the suite that way shows which tests would
-    change meaning on a GPU host (``--device auto`` picking cuda, GPU tests selected)."""
+    ``DENSEBENCH_TEST_PRETEND_CUDA=1`` (off by default) makes densebench's own question "is
+    a GPU visible?" (``densebench.devices.cuda_available``) answer yes, in the test process
+    and, through the test plugin every densebench process here loads, in the CLI and worker
+    processes the tests start: a run of the suite that way shows which tests would change
+    meaning on a GPU host (``--device auto`` picking cuda). torch itself is left alone, so
+    its exporters and the GPU tests' skip still see the real machine."""
     global _SESSION_DIR
     _SESSION_DIR = Path(tempfile.mkdtemp(prefix="dbtest", dir="/tmp"))
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(_SESSION_DIR / "inductor")
@@ -52,7 +56,7 @@ def pytest_configure(config):
     for name in ("COLUMNS", "LINES"):
         os.environ.pop(name, None)
     if os.environ.get("DENSEBENCH_TEST_PRETEND_CUDA") == "1":
-        torch.cuda.is_available = lambda: True
+        densebench.devices.cuda_available = lambda: True
 
 
 def pytest_unconfigure(config):

@@ -11,6 +11,7 @@ import psutil
 import pytest
 import torch
 
+import densebench.devices
 from densebench.environment import cpu_supports_bf16
 from densebench.errors import StoreError
 from densebench.results.store import ORIGINAL_COLUMNS, RunStore, load_run
@@ -268,7 +269,7 @@ def test_ctrl_c_keeps_finished_cells_and_marks_the_run_incomplete(workdir, tmp_p
     (["-m", "densenet-tiny", "--image-size", "8"], "too small"),
 ])
 def test_run_bad_input(cli, workdir, args, needle):
-    if needle == "has none visible" and torch.cuda.is_available():
+    if needle == "has none visible" and densebench.devices.cuda_available():
         pytest.skip("this host has a GPU: --device cuda is not bad input here")
     r = cli("run", "--device", "cpu", "-m", "densenet-tiny", *args)
     assert r.exit_code != 0
@@ -359,7 +360,6 @@ def test_an_export_that_fails_ahead_fails_its_cells_once(cli, workdir, monkeypat
 def test_eager_reference_is_computed_once_and_kept(workdir):
     """The fp32 reference is computed by the first worker that needs it and read by the
     others; a damaged or wrong-shaped file is computed again and replaced."""
-    import torch
 
     from densebench.models import load_model
     from densebench.parity import fixed_input, kept_reference

@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
+from densebench import devices
 from densebench.errors import ConfigError
 from densebench.results.schema import Cell
 
@@ -85,9 +86,7 @@ class Executor:
     def check(self, jobs: list[Job]) -> list[str]:
         """Refuse (ConfigError) jobs this executor can never place, before anything runs;
         return warnings about what it will ignore."""
-        import torch
-
-        if any(j.needs.get("gpu") for j in jobs) and not torch.cuda.is_available():
+        if any(j.needs.get("gpu") for j in jobs) and not devices.cuda_available():
             names = sorted({j.name for j in jobs if j.needs.get("gpu")})
             raise ConfigError(f"{len(names)} job(s) need a GPU and this machine has none "
                               f"({', '.join(names[:3])}{', ...' if len(names) > 3 else ''}): "

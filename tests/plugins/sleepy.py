@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+import densebench.devices
 from densebench.backends import Backend, Session, register_backend
 from densebench.errors import bad_setting
 from densebench.imaging.decoders import PillowDecoder, register_decoder
@@ -27,6 +28,11 @@ from densebench.parity import fixed_input
 from densebench.results.schema import Cell
 from densebench.scenarios import Scenario, duration_field, register_scenario
 from densebench.variants import Variant, register_variant
+
+if os.environ.get("DENSEBENCH_TEST_PRETEND_CUDA") == "1":
+    # the suite's pretend-CUDA switch (tests/conftest.py), in every process the tests start:
+    # densebench is told a GPU is visible, so --device auto picks cuda as on a GPU host
+    densebench.devices.cuda_available = lambda: True
 
 
 @register_model("pool-tiny", default_image_size=8,
