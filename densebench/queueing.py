@@ -74,6 +74,10 @@ class ServiceTimes:
         """Queries per second with every batch full and every instance busy."""
         return instances * max_batch / (self.median(max_batch) / 1e3)
 
+    def scaled(self, factor: float) -> ServiceTimes:
+        """Every call ``factor`` times as long (what the harness adds per call, measured)."""
+        return ServiceTimes({b: [v * factor for v in ms] for b, ms in self.samples_ms.items()})
+
     def to_dict(self) -> dict:
         return {str(b): ms for b, ms in self.samples_ms.items()}
 

@@ -328,8 +328,8 @@ def search_table(run) -> Group:
         parts.append(t)
     t = Table(title=f"highest Server QPS with p{pct:g} <= {budget:g} ms: predicted, then "
               "verified with LoadGen", title_justify="left")
-    for col in ("configuration", "host", "predicted QPS", "LoadGen QPS", "error",
-                "p-lat ms", "lowest INVALID", "probes", "stopped"):
+    for col in ("configuration", "host", "predicted QPS", "harness", "calibrated",
+                "LoadGen QPS", "error", "p-lat ms", "lowest INVALID", "probes", "stopped"):
         t.add_column(col, no_wrap=col != "stopped",
                      justify="left" if col in ("configuration", "host", "stopped")
                      else "right")
@@ -341,12 +341,16 @@ def search_table(run) -> Group:
                 + f" {c.axes.get('instances', c.scenario_settings.get('instances'))}"
                 f"x{c.threads}")
         if not c.ok:
-            t.add_row(what, _host_text(c.host), _num(s.get("predicted_qps")),
+            t.add_row(what, _host_text(c.host), _num(s.get("predicted_qps")), "", "",
                       Text("failed", style="red"), "", "", "", "",
                       Text(c.error or "", style="red"))
             continue
-        best, err = s.get("best_qps"), s.get("prediction_error")
+        best = s.get("best_qps")
+        err = s.get("calibrated_error", s.get("prediction_error"))
+        factor = s.get("harness_factor")
         t.add_row(what, _host_text(c.host), _num(s.get("predicted_qps")),
+                  f"x{factor:.2f}" if factor else "",
+                  _num(s.get("calibrated_qps", s.get("predicted_qps"))),
                   Text(_num(best), style="bold") if best else Text("none", style="red"),
                   f"{err:+.0%}" if err is not None else "",
                   _ms((c.loadgen or {}).get("percentile_latency_ms")) if best else "-",
@@ -354,9 +358,13 @@ def search_table(run) -> Group:
                   s.get("stopped", ""))
     parts.append(t)
     foot = [Text("predicted: the highest rate whose simulated LoadGen runs pass (the batcher "
-                 "replayed with the screened call times); LoadGen QPS: the highest offered "
-                 "rate whose Server run was VALID; error: predicted / LoadGen - 1. Every "
-                 "prediction is in predictions.jsonl, every probe in probes.jsonl.",
+                 "replayed with the screened call times); harness: how much longer a call "
+                 "takes under LoadGen (a Server run at twice the screened capacity: its "
+                 "callbacks and answers cost tens of µs a query); calibrated: the "
+                 "prediction from calls that much longer, where verification starts; "
+                 "LoadGen QPS: the highest offered rate whose Server run was VALID; error: "
+                 "calibrated / LoadGen - 1. Every prediction is in predictions.jsonl, every "
+                 "probe in probes.jsonl.",
                  style="dim")]
     ans = run.data.get("answer") or {}
     for h in ans.get("hosts", []):
