@@ -37,7 +37,8 @@ from typing import ClassVar
 import numpy as np
 
 from densebench import queueing
-from densebench.errors import ConfigError, bad_setting, check_threads, interrupted, one_line
+from densebench.cost import price_for, usd_per_million
+from densebench.errors import bad_setting, check_threads, interrupted, one_line
 from densebench.executors import Task, get_executor
 from densebench.parity import ParityAccumulator, threshold, within
 from densebench.prepare import ModelRef, prepare_variant
@@ -793,16 +794,16 @@ def answer(rec, cfg: SearchConfig) -> dict | None:
             hosts[name] = best_record(c, cfg)
     if not hosts:
         return None
-    for name, h in hosts.items():
-        price = cfg.prices.get(name) or cfg.prices.get(h["host"].get("hostname") or "")
+    for h in hosts.values():
+        price = price_for(cfg.prices, h["host"])
         h["replicas"] = math.ceil(cfg.target_qps / h["qps"]) if cfg.target_qps else None
         if price:
             h["usd_per_hour"] = price
-            h["usd_per_million"] = price / (h["qps"] * 3600) * 1e6
+            h["usd_per_million"] = usd_per_million(price, h["qps"])
             if cfg.target_qps:
                 h["fleet_usd_per_hour"] = h["replicas"] * price
-                h["usd_per_million_at_target"] = (h["replicas"] * price
-                                                  / (cfg.target_qps * 3600) * 1e6)
+                h["usd_per_million_at_target"] = usd_per_million(h["replicas"] * price,
+                                                                 cfg.target_qps)
     unknown = [n for n in cfg.prices if n not in hosts and
                not any(h["host"].get("hostname") == n for h in hosts.values())]
     if cfg.prices:
@@ -834,19 +835,3 @@ def best_record(c: Cell, cfg: SearchConfig) -> dict:
             "prediction_error": s["prediction_error"],
             "percentile_latency_ms": (c.loadgen or {}).get("percentile_latency_ms"),
             "command": cmd}
-
-
-def parse_prices(items: list[str]) -> dict[str, float]:
-    """``HOST=USD_PER_HOUR`` pairs (``--price``)."""
-    out = {}
-    for item in items:
-        host, sep, usd = item.partition("=")
-        try:
-            out[host.strip()] = float(usd)
-        except ValueError:
-            raise ConfigError(f"--price {item!r} is not HOST=USD_PER_HOUR (e.g. "
-                              f"myhost=0.34)", setting="price") from None
-        if not sep or not host.strip():
-            raise ConfigError(f"--price {item!r} is not HOST=USD_PER_HOUR (e.g. "
-                              f"myhost=0.34)", setting="price")
-    return out

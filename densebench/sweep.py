@@ -5,7 +5,9 @@ A sweep file names its axes as top-level arrays (``models``, ``variants``, ``bat
 ``image_sizes``, ``threads``, ``modes``, ``compile_modes``, ``scenarios``, ``devices``),
 ``weights`` as a scalar, a ``[measure]`` table (the stop rule, ``timeout``, ``repeats``), a
 ``[loadgen]`` table for LoadGen scenarios' settings, ``[[exclude]]`` and ``[[include]]``
-tables, and ``[targets]`` (which nodes run which cells). ``load_sweep(path)`` reads and
+tables, ``[targets]`` (which nodes run which cells) and ``[prices]`` (USD per hour by host:
+what a million images cost on each; ``search --price FILE`` reads it too).
+``load_sweep(path)`` reads and
 checks it; ``Sweep.cells()`` is the expanded grid; ``Sweep.jobs(...)`` the jobs that
 measure it: one per (model, image size, threads, scenario, device, variant) and repeat,
 each a ``run.measure_variant`` job like ``densebench run``'s, so a sweep's cells are the
@@ -23,6 +25,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from densebench.cost import price_table
 from densebench.durations import duration_ms, seconds
 from densebench.errors import ConfigError
 from densebench.pipeline import MeasureTask
@@ -33,7 +36,7 @@ AXES = {"models": "model", "variants": "variant", "batch_sizes": "batch_size",
         "image_sizes": "image_size", "threads": "threads", "modes": "mode",
         "compile_modes": "compile_mode", "scenarios": "scenario", "devices": "device"}
 SCALARS = ("weights", "num_classes", "name")
-TABLES = ("measure", "loadgen", "settings", "targets", "exclude", "include")
+TABLES = ("measure", "loadgen", "settings", "targets", "prices", "exclude", "include")
 MEASURE = ("warmup", "min_time", "min_iters", "iters", "max_time", "timeout", "repeats")
 DURATIONS = ("min_time", "max_time", "timeout")  # [measure] keys that take a duration
 # [loadgen] key -> (RunConfig field, takes a duration with its unit)
@@ -88,6 +91,7 @@ class Sweep:
     loadgen: dict = field(default_factory=dict)  # [loadgen]: LoadGen setting -> value
     settings: dict = field(default_factory=dict)  # [settings]: any scenario's, by name
     targets: dict = field(default_factory=dict)
+    prices: dict[str, float] = field(default_factory=dict)  # [prices]: host -> USD per hour
     exclude: list[dict] = field(default_factory=list)
     include: list[dict] = field(default_factory=list)
 
@@ -382,6 +386,10 @@ def parse_sweep(spec: dict, where: str = "sweep") -> Sweep:
                              f"labels, as in [targets.{sub}] {_example(sub)}")
         for key in table:
             _check_value("devices" if sub == "device" else "variants", key, where)
+    try:
+        prices = price_table(spec.get("prices", {}), where)
+    except ConfigError as e:
+        raise SweepError(str(e)) from None
     exclude = _tables(spec, "exclude", where)
     include = _tables(spec, "include", where)
     weights = spec.get("weights", "random")
@@ -391,8 +399,7 @@ def parse_sweep(spec: dict, where: str = "sweep") -> Sweep:
     sweep = Sweep(path=where, spec=spec, axes=axes, weights=weights,
                   num_classes=spec.get("num_classes"), name=spec.get("name"),
                   measure=measure, loadgen=loadgen, settings=settings, targets=targets,
-                  exclude=exclude,
-                  include=include)
+                  prices=prices, exclude=exclude, include=include)
     sweep.cells()  # an empty grid is refused now
     for group in sweep.groups():
         sweep.config(group)  # each combination checked as `run` would check it

@@ -4,8 +4,11 @@ records its node, and the same cells on both nodes compare side by side."""
 
 from __future__ import annotations
 
+import platform
+
 import pytest
 
+from densebench.report.tables import host_pivot
 from densebench.results.store import RunStore
 from densebench.sweep import parse_sweep, run_sweep
 
@@ -38,6 +41,10 @@ def test_cells_go_where_the_targets_say_and_compare_across_nodes(two_nodes, work
         "variants": ["sleep", "sleep-fast", "sleep-bf16"], "batch_sizes": [1, 2],
         "measure": FAST,
         "targets": {"variant": {"sleep-fast": ["big"]}},  # the rest: every node
+        # the big node costs 100 times as much: the small one is cheaper per image for
+        # every cell both run, whatever the measured throughputs (a loaded host moves
+        # them by far less than 100x)
+        "prices": {f"{platform.node()}#small": 0.1, f"{platform.node()}#big": 10.0},
     })
     rec = run_sweep(sw, executor="ray", cells_per_node=2)
     nodes = {n["node"]: n for n in rec.data["cluster"]["nodes"]}
@@ -63,6 +70,15 @@ def test_cells_go_where_the_targets_say_and_compare_across_nodes(two_nodes, work
     assert small in comp and big in comp and '"variant": "sleep"' in comp
     r = cli("show", "two")
     assert r.exit_code == 0 and "across hosts" in r.stdout and f"host {big}" in r.stdout
+    assert "$/M images" in r.stdout and "per million images at its highest" in r.stdout
+    pivot = host_pivot([rec], prices=sw.prices)
+    assert pivot["priced"]
+    for row in pivot["rows"]:
+        for host, usd in row["usd_per_million"].items():
+            price = sw.prices[f"{platform.node()}#{nodes[host]['labels'][0]}"]
+            assert usd == pytest.approx(price / (row["values"][host] * 3600) * 1e6)
+        both = len(row["values"]) == 2
+        assert row["cheapest_host"] == (small if both else big), row
     r = cli("report", "two", "--out", workdir / "rep")
     assert r.exit_code == 0 and (workdir / "rep" / "heatmap.png").exists()
 
@@ -95,8 +111,6 @@ def test_a_search_answers_per_node(two_nodes, workdir):
     each node's configuration, the bf16 node's (2 ms a sample against 5) best overall. The
     budget is 20 times a sample: on a loaded 2-core host running two Ray nodes, 30 ms left
     the 5 ms node no VALID rate at all (CI with a burner)."""
-    import platform
-
     from densebench.search import SearchConfig, run_search
 
     rec = run_search(SearchConfig(

@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from densebench.results.store import RunStore
+from densebench.sweep import load_sweep
 
 from .conftest import blocked_at, run_cli_process, wait_for
 
@@ -147,9 +148,14 @@ def test_with_labelled_data_a_possible_accuracy_drop_is_not_admitted(cli, workdi
 
 
 def test_replicas_and_cost_for_a_target_load(cli, workdir):
+    """This host's price from a sweep file's [prices] table, another's from --price."""
     host = platform.node()
+    fleet = workdir / "fleet.toml"
+    fleet.write_text(f'models = ["pool-tiny"]\nvariants = ["sleep"]\n'
+                     f'[prices]\n"{host}" = 0.5\n')
+    assert load_sweep(fleet).prices == {host: 0.5}  # a sweep file like any other
     out = _search(cli, "-v", "sleep", "--max-batch", "1", "--instances", "1",
-                  "--precision", "0.5", "--target-qps", "1000", "--price", f"{host}=0.5",
+                  "--precision", "0.5", "--target-qps", "1000", "--price", fleet,
                   "--price", "elsewhere=1")
     best = out["answer"]["best"]
     qps = best["qps"]
@@ -265,7 +271,8 @@ def test_dry_run_plans_every_candidate_and_split(cli, workdir):
     (["--latency-budget", "50ms", "--instances", "999", "--threads", "1"],
      "instances x threads (999 x 1) is more than"),
     (["--latency-budget", "50ms", "--price", "nohost"], "--price 'nohost' is not HOST=USD"),
-    (["--latency-budget", "50ms", "--price", "h=-1"], "--price for h must be a positive"),
+    (["--latency-budget", "50ms", "--price", "h=-1"], "with a positive price"),
+    (["--latency-budget", "50ms", "--price", "nofile.toml"], "--price nofile.toml: cannot read"),
     (["--latency-budget", "50ms", "--target-qps", "0"], "--target-qps must be positive"),
     (["--latency-budget", "50ms", "--verify", "0"], "--verify must be at least 1"),
     (["--latency-budget", "50ms", "--executor", "warp"], "--executor 'warp' is unknown"),

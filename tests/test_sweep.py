@@ -159,6 +159,8 @@ def test_the_pareto_front_keeps_what_nothing_beats():
     ('[[exclude]]\nbatch = 1', "[[exclude]] has unknown key 'batch'"),
     ('[measure]\nmin_time = -1', "[measure] min_time -1 must be a positive duration"),
     ('[targets]\nplacement = "everywhere"', "placement must be one of each, any"),
+    ('[prices]\nmyhost = "cheap"', "[prices] myhost = 'cheap' must be a positive number"),
+    ('[prices]\nmyhost = -1', "[prices] myhost = -1 must be a positive number"),
     ('models = ["pool-tiny"]\nvariants = ["sleep"]\ndevices = ["cuda"]',
      "need a GPU and this machine has none"),
 ])

@@ -28,7 +28,7 @@ def search(
     max_accuracy_drop: Annotated[float, typer.Option("--max-accuracy-drop", help="With labelled --data: refuse a variant whose top-1 may drop by more (upper end of its 95% interval; 0.01 = 1 point).")] = 0.01,
     verify: Annotated[int, typer.Option(help="Predicted configurations verified with LoadGen on each host.")] = 2,
     target_qps: Annotated[float | None, typer.Option("--target-qps", help="The load to serve: how many replicas each host needs.")] = None,
-    price: Annotated[list[str] | None, typer.Option("--price", help="HOST=USD_PER_HOUR (repeatable): cost per million images, hosts ranked by it.")] = None,
+    price: Annotated[list[str] | None, typer.Option("--price", help="HOST=USD_PER_HOUR (repeatable), or a sweep file with a [prices] table: cost per million images, hosts ranked by it.")] = None,
     precision: Annotated[float, typer.Option(help="Verification stops when the bracket is this tight (0.05 = 5%).")] = 0.05,
     probe_duration: Annotated[str, typer.Option("--probe-duration", help="Minimum duration of each LoadGen probe: 10s.")] = "10s",
     input_: Annotated[str | None, typer.Option("--input", help="Serve the JPEG path: jpeg:PATH, imagefolder:PATH or jpeg:synthetic[:WxH]; the instances decode JPEG bytes, and LoadGen's latency includes it.")] = None,
@@ -53,9 +53,10 @@ def search(
     """
     from densebench.cli.progress import Progress
     from densebench.cli.run import _csv, _ints
+    from densebench.cost import parse_prices
     from densebench.durations import duration_ms, optional_seconds, seconds
     from densebench.report.tables import search_table
-    from densebench.search import SearchConfig, parse_prices, plan_search, run_search
+    from densebench.search import SearchConfig, plan_search, run_search
 
     if executor not in ("local", "ray"):
         from densebench.errors import ConfigError

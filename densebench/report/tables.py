@@ -9,6 +9,7 @@ from rich.table import Table
 from rich.text import Text
 
 from densebench import parity
+from densebench.cost import price_for, price_table, usd_per_million
 from densebench.measure.stats import min_samples
 from densebench.report.stages import stage_notes, stages_table
 
@@ -501,23 +502,47 @@ def sweep_tables(run) -> Group:
                           f"{len(cluster.get('nodes', []))} node(s), "
                           f"{cluster.get('cells_per_node', 1)} job(s) per node at a time",
                           style="bold"))
+    prices = price_table((run.data.get("sweep") or {}).get("spec", {}).get("prices", {}),
+                         "the sweep file")
     hosts = hosts_of(run)
     for key, host in hosts:
         parts.append(Text(f"host {host.get('node') or host.get('hostname')}: "
                           f"{host.get('cpu_model')}", style="bold cyan"))
-        parts.append(summary_table(host_view(run, key)))
+        view = host_view(run, key)
+        parts.append(summary_table(view))
+        line = _cost_line(view, price_for(prices, host))
+        if line is not None:
+            parts.append(line)
     if len(hosts) > 1:
-        parts.append(host_pivot_table(host_pivot([run])))
+        parts.append(host_pivot_table(host_pivot([run], prices=prices)))
     return Group(*parts)
 
 
-def host_pivot(runs: list, metric: str = "throughput") -> dict:
+def _cost_line(view, usd_per_hour: float | None) -> Text | None:
+    """A priced host's cost per million images at its highest-throughput cell."""
+    from densebench.results.repeats import merged
+
+    cells = [c for c in merged(view.cells) if c.ok and (c.stats or {}).get("throughput")]
+    if usd_per_hour is None or not cells:
+        return None
+    best = max(cells, key=lambda c: c.stats["throughput"])
+    img_s = best.stats["throughput"]
+    return Text(f"at ${usd_per_hour:g}/h: ${usd_per_million(usd_per_hour, img_s):.3g} per "
+                f"million images at its highest throughput ({best.variant} batch "
+                f"{best.batch_size} {best.mode}: {img_s:.4g} img/s)", style="bold")
+
+
+def host_pivot(runs: list, metric: str = "throughput",
+               prices: dict[str, float] | None = None) -> dict:
     """The same cells on different hosts side by side: rows keyed by the cell less its
-    host, a value per host, and the best host per row (``compare --by host``)."""
+    host, a value per host, and the best host per row (``compare --by host``); with
+    ``prices`` (USD per hour by host), each throughput's cost per million images and the
+    cheapest host per row."""
     from densebench.results.repeats import merged
     from densebench.results.schema import host_key
 
     hosts: dict[str, str] = {}
+    usd: dict[str, float] = {}
     table: dict[tuple, dict] = {}
     for run in runs:
         for c in merged(run.cells):
@@ -525,20 +550,28 @@ def host_pivot(runs: list, metric: str = "throughput") -> dict:
                 continue
             h = host_key(c.host)
             hosts.setdefault(h, c.host.get("node") or c.hostname or h)
+            price = price_for(prices or {}, c.host)
+            if price is not None:
+                usd[h] = price
             row = table.setdefault(c.key().without_host(), {})
             row[h] = c.stats[_stat_key(metric)]
     rows = []
     for k, values in table.items():
         better = max if metric == "throughput" else min
         best = better(values, key=values.get)
+        cost = {h: usd_per_million(usd[h], v) for h, v in values.items()
+                if h in usd and metric == "throughput" and v > 0}
         rows.append({"model": k.model, "variant": k.variant, "batch_size": k.batch_size,
                      "mode": k.mode, "device": k.device, "scenario": k.scenario,
                      "axes": dict(k.axes),
                      "values": {hosts[h]: v for h, v in values.items()},
                      "best_host": hosts[best],
                      "spread": better(values.values()) / (min if better is max else max)(
-                         values.values())})
-    return {"metric": metric, "hosts": list(hosts.values()), "rows": rows}
+                         values.values()),
+                     "usd_per_million": {hosts[h]: v for h, v in cost.items()},
+                     "cheapest_host": hosts[min(cost, key=cost.get)] if cost else None})
+    return {"metric": metric, "hosts": list(hosts.values()), "rows": rows,
+            "priced": bool(usd) and metric == "throughput"}
 
 
 def _stat_key(metric: str) -> str:
@@ -549,12 +582,21 @@ def host_pivot_table(p: dict) -> Table:
     unit = "img/s" if p["metric"] == "throughput" else "ms"
     t = Table(title=f"across hosts: {p['metric']} ({unit}); best host per cell",
               title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
-    for col in ("variant", "batch", "mode", *p["hosts"], "best", "best/worst"):
-        t.add_column(col, justify="left" if col in ("variant", "mode", "best") else "right",
-                     no_wrap=True)
+    priced = p.get("priced")
+    cols = ("variant", "batch", "mode", *p["hosts"], "best", "best/worst",
+            *(("cheapest", "$/M images") if priced else ()))
+    for col in cols:
+        t.add_column(col, justify="left" if col in ("variant", "mode", "best", "cheapest")
+                     else "right", no_wrap=True)
     for r in p["rows"]:
         name = r["variant"] + (f" [{axes_text(r['axes'])}]" if r["axes"] else "")
+        cheap = r.get("cheapest_host")
         t.add_row(Text(name), str(r["batch_size"]), r["mode"],
                   *[_num(r["values"].get(h)) if h in r["values"] else "-" for h in p["hosts"]],
-                  r["best_host"], f"{r['spread']:.2f}x")
+                  r["best_host"], f"{r['spread']:.2f}x",
+                  *((cheap or "-", f"${r['usd_per_million'][cheap]:.3g}" if cheap else "-")
+                    if priced else ()))
+    if priced:
+        t.caption = ("$/M images: the cheapest host's cost of a million images at its "
+                     "throughput ([prices] in the sweep file, USD per hour)")
     return t
