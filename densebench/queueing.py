@@ -210,3 +210,16 @@ def max_rate(service: ServiceTimes, serving: Serving, budget_ms: float, percenti
         else:
             hi_rate = mid.rate
     return lo
+
+
+def curve(service: ServiceTimes, serving: Serving, budget_ms: float, percentile: float,
+          duration_s: float, min_queries: int, points: int = 12,
+          top: float | None = None) -> list[dict]:
+    """The predicted percentile latency against offered load: ``points`` rates spaced
+    evenly on a log scale from 1/16 of ``top`` (the capacity by default) up to ``top``."""
+    top = top or service.capacity(serving.max_batch, serving.instances)
+    rates = [top * 16 ** (i / (points - 1) - 1) for i in range(points)]
+    return [{"qps": r, "percentile_ms": round(p.percentile_ms, 4), "valid": p.valid}
+            for r in rates
+            for p in [predict(service, serving, r, budget_ms, percentile, duration_s,
+                              min_queries)]]

@@ -526,7 +526,13 @@ def verify_configuration(payload: dict, emit: Emit) -> None:
               "predicted_capacity_qps": capacity,
               "one_sample_ms": timing["one_ms"], "batch_latency_ms": timing["batch_ms"],
               "min_queries_per_probe": min_queries, "probe_duration_s": cfg.probe_duration,
-              "stopped": stopped, "probes": probes, "met": lo is not None}
+              "stopped": stopped, "probes": probes, "met": lo is not None,
+              # for the report: what the calibrated simulation predicts at each load, up to
+              # past the highest rate probed
+              "curve": queueing.curve(calibrated_service, serving, cfg.latency_budget_ms,
+                                      cfg.percentile, cfg.probe_duration, min_queries,
+                                      top=1.25 * max([capacity / factor]
+                                                     + [p["qps"] for p in probes]))}
     base = {**planned.to_dict(), "status": "ok", "search": search,
             "worker": worker_identity(task.threads),
             "cold_start": dict(prepared.cold_start), "options": prepared.session.options}

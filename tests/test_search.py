@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from densebench.report.plots import _predicted_curves
 from densebench.results.store import RunStore
 from densebench.sweep import load_sweep
 
@@ -89,6 +90,15 @@ def test_search_predicts_then_verifies_with_loadgen(cli, workdir):
     assert "predicted QPS" in shown and re.search(r"(?<!IN)VALID|QPS per replica", shown)
     r = cli("report", out["run"], "--out", workdir / "rep")
     assert r.exit_code == 0 and (workdir / "rep" / "serving.png").stat().st_size > 5000
+    # the predicted latency-versus-load curve the report draws under the probes: from a
+    # trickle (within the budget) to past every probe and the capacity (beyond it)
+    curve = s["curve"]
+    rates = [p["qps"] for p in curve]
+    assert len(curve) == 12 and rates == sorted(rates)
+    assert rates[-1] >= max(p["qps"] for p in s["probes"]) * 1.25 * (1 - 1e-9)
+    assert curve[0]["valid"] and not curve[-1]["valid"]
+    assert curve[-1]["percentile_ms"] > curve[0]["percentile_ms"]
+    assert list(_predicted_curves([rec])) == ["sleep b1 x1 (search)"]
 
 
 def test_search_ranks_variants_and_verifies_the_best_of_each(cli, workdir):

@@ -37,6 +37,21 @@ def _ok(run, mode: str) -> list:
             and c.samples_ms and c.loadgen is None and c.search is None]
 
 
+def _predicted_curves(runs: list) -> dict:
+    """(label) -> [(offered QPS, predicted percentile latency ms)]: what the search's
+    calibrated simulation predicted for each configuration it verified."""
+    many = len(runs) > 1
+    out: dict[str, list] = {}
+    for d in runs:
+        for c in d.cells:
+            curve = (c.search or {}).get("curve") if c.ok else None
+            if curve:
+                inst = c.scenario_settings.get("instances") or c.axes.get("instances") or 1
+                label = _label(d, f"{c.variant} b{c.batch_size} x{inst}", many)
+                out[label + " (search)"] = [(p["qps"], p["percentile_ms"]) for p in curve]
+    return out
+
+
 def _serving_points(runs: list) -> dict:
     """(label) -> [(offered QPS, percentile latency ms, VALID?, percentile, budget)] from
     server cells and search probes."""
@@ -70,10 +85,14 @@ def plot_serving(runs: list, path: Path, mode: str = "e2e") -> None:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(10, 5.2))
     points = _serving_points(runs)
+    curves = _predicted_curves(runs)
     budgets = set()
     for i, (label, pts) in enumerate(sorted(points.items())):
         pts = sorted(pts)
         color = f"C{i % 10}"
+        if label in curves:  # the prediction, dashed, with the probes that verified it
+            ax.plot(*zip(*curves[label], strict=True), color=color, ls="--", lw=1.2,
+                    alpha=0.8)
         ax.plot([p[0] for p in pts], [p[1] for p in pts], color=color, alpha=0.5, lw=1)
         for qps, lat, valid, _, _ in pts:
             ax.scatter([qps], [lat], s=40, color=color if valid else "white",
@@ -93,7 +112,9 @@ def plot_serving(runs: list, path: Path, mode: str = "e2e") -> None:
     ax.yaxis.set_major_formatter(plain)
     ax.yaxis.set_minor_formatter(plain)
     ax.tick_params(axis="y", which="minor", labelsize=7)
-    ax.set_title("serving curve: filled = VALID, hollow = INVALID", loc="left", fontsize=10)
+    ax.set_title("serving curve: filled = VALID, hollow = INVALID"
+                 + ("; dashed: the search's prediction" if curves else ""),
+                 loc="left", fontsize=10)
     if points:
         ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
     _save(plt, fig, path)
