@@ -748,6 +748,12 @@ def predict_all(screened: list[Cell], cfg: SearchConfig) -> list[dict]:
                     serving = queueing.Serving(b, timeout, split["instances"])
                     p = queueing.max_rate(service, serving, cfg.latency_budget_ms,
                                           cfg.percentile, cfg.probe_duration, cfg.queries())
+                    # the smallest budget it could meet: its latency under a trickle of
+                    # load, judged as LoadGen's early stopping judges it
+                    trickle = queueing.predict(
+                        service, serving, service.capacity(b, split["instances"]) / 256,
+                        cfg.latency_budget_ms, cfg.percentile, cfg.probe_duration,
+                        cfg.queries())
                     out.append({
                         "label": config_label(c.variant, b, timeout, split["instances"],
                                               split["threads"]),
@@ -758,6 +764,7 @@ def predict_all(screened: list[Cell], cfg: SearchConfig) -> list[dict]:
                         "qps": p.rate if p else None,
                         "why": None if p else _why_not(service, serving, cfg),
                         "percentile_ms": p.percentile_ms if p else None,
+                        "min_budget_ms": round(trickle.early_stopping_ms, 4),
                         "capacity_qps": service.capacity(b, split["instances"]),
                         "service_ms": split["service_ms"]})
     return sorted(out, key=lambda p: -(p["qps"] or 0))

@@ -201,6 +201,12 @@ def test_verification_stops_at_a_quarter_of_the_prediction_when_it_was_wrong(cli
     assert qps[-1] == pytest.approx(s["predicted_qps"] / 4, rel=1e-6)
     assert all(p["validity"] == "INVALID" and p["predicted"]["valid"] for p in s["probes"])
     assert not any(p["calibrated"]["valid"] for p in s["probes"])
+    # no answer is not the end: what it measured at its lowest load, and what it could meet
+    shown = " ".join(cli("show", out["run"]).stdout.split())
+    low = min(s["probes"], key=lambda p: p["qps"])
+    assert (f"{low['combination']}: p{s['percentile']:g} " in shown
+            and f"ms measured at its lowest load, {low['qps']:.4g} QPS" in shown), shown
+    assert "smallest p" in shown and "budgets they could meet" in shown
 
 
 def test_search_stops_at_its_time_limit_with_what_it_found(cli, workdir):
@@ -227,6 +233,11 @@ def test_search_says_when_no_load_meets_the_budget(cli, workdir):
     assert r.exit_code == 0, r.stderr
     text = " ".join(r.stdout.split())
     assert "no combination met the budget: one sample alone takes" in text, r.stdout
+    # and what it could meet: a 5 ms sample (4 + 1 ms) under a trickle of load, no less
+    found = re.search(r"smallest p99 budgets they could meet \(predicted under a trickle of "
+                      r"load\): sleep b1 1x\d+ ([\d.]+) ms", text)
+    assert found, r.stdout
+    assert 5.0 <= float(found.group(1)) < 5.0 * 6
 
 
 def test_ctrl_c_during_a_verification_probe_keeps_what_finished(workdir, tmp_path):

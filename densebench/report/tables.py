@@ -389,7 +389,30 @@ def search_table(run) -> Group:
         whys = sorted({p["why"] for p in run.data.get("predictions", []) if p.get("why")})
         foot.append(Text("no combination met the budget"
                          + (f": {'; '.join(whys[:3])}" if whys else ""), style="bold red"))
+        foot.extend(_no_answer_lines(run, verified, pct))
     return Group(*parts, *foot)
+
+
+def _no_answer_lines(run, verified: list, pct: float) -> list[Text]:
+    """When nothing met the budget: what each verified configuration measured at the
+    lowest load it was offered, and the smallest budgets the configurations could meet."""
+    out = []
+    for c in verified:
+        probes = [p for p in (c.search or {}).get("probes", [])
+                  if p.get("percentile_latency_ms") is not None]
+        if probes:
+            low = min(probes, key=lambda p: p["qps"])
+            out.append(Text(f"{low['combination']}: p{pct:g} {_ms(low['percentile_latency_ms'])}"
+                            f" ms measured at its lowest load, {_num(low['qps'])} QPS"))
+    preds = sorted((p for p in run.data.get("predictions", [])
+                    if p.get("min_budget_ms") is not None), key=lambda p: p["min_budget_ms"])
+    if preds:
+        out.append(Text(f"smallest p{pct:g} budgets they could meet (predicted under a "
+                        "trickle of load): " + "; ".join(
+                            f"{p['label']} {_ms(p['min_budget_ms'])} ms" for p in preds[:5])
+                        + (f"; {len(preds) - 5} more in predictions.jsonl"
+                           if len(preds) > 5 else "")))
+    return out
 
 
 def _host_text(host: dict) -> str:
