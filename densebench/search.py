@@ -55,6 +55,8 @@ DEFAULT_TIMEOUTS_MS = (0.0, 2.0)  # for max batches above 1
 PARITY_SAMPLES = 32  # screened for parity (and accuracy: the whole library with labels)
 MAX_INSTANCES = 8
 SATURATE_S = 0.5  # the saturating Server run that measures the harness's cost (seconds)
+CONFIRM_FACTOR = 2.0  # the answer is run again for this many probe durations
+CONFIRM_TRIES = 3  # confirmation runs, each a step of the precision lower than the last
 
 
 @dataclass
@@ -404,7 +406,7 @@ def verify_configuration(payload: dict, emit: Emit) -> None:
     scenario = Server()
     min_queries = cfg.queries()
     probes: list[dict] = []
-    best: dict | None = None
+    passed: list[dict] = []  # the VALID runs, with LoadGen's detail
     stopped = None
 
     def settings(qps: float, duration_s: float, queries: int | None) -> dict:
@@ -444,10 +446,12 @@ def verify_configuration(payload: dict, emit: Emit) -> None:
         calibrated = p.rate if p else floor
         floor = min(floor, LOWEST_FRACTION * calibrated) if p else floor
 
-    def probe(qps: float) -> bool:
-        nonlocal best
-        s = settings(qps, cfg.probe_duration, min_queries)
-        phase(f"probe {len(probes) + 1}: {qps:.4g} QPS")
+    def probe(qps: float, duration_s: float | None = None) -> bool:
+        confirm = duration_s is not None
+        duration_s = duration_s or cfg.probe_duration
+        s = settings(qps, duration_s, min_queries)
+        phase(f"{'confirm' if confirm else 'probe'} {len(probes) + 1}: {qps:.4g} QPS"
+              + (f" for {duration_s:g} s" if confirm else ""))
         out = workdir / "loadgen" / f"search-{_safe(label)}" / f"probe-{len(probes) + 1:02d}"
         out.mkdir(parents=True, exist_ok=True)
         library.reset_times()
@@ -455,13 +459,14 @@ def verify_configuration(payload: dict, emit: Emit) -> None:
         v = verdict(detail, cfg.latency_budget_ms, cfg.percentile)
         fig = scenario.figures(detail, s)
         predicted = queueing.predict(service, serving, qps, cfg.latency_budget_ms,
-                                     cfg.percentile, cfg.probe_duration, min_queries)
+                                     cfg.percentile, duration_s, min_queries)
         calibrated_p = queueing.predict(calibrated_service, serving, qps,
                                         cfg.latency_budget_ms, cfg.percentile,
-                                        cfg.probe_duration, min_queries)
+                                        duration_s, min_queries)
         rec = {"combination": label, "variant": variant.label, "max_batch": task.max_batch,
                "batch_timeout_ms": task.batch_timeout_ms, "instances": task.instances,
                "threads": task.threads, "host": planned.host, "qps": qps, **v,
+               "confirm": confirm, "duration_s": duration_s,
                "percentile_latency_ms": fig["percentile_latency_ms"],
                "early_stopping_ms": _early_stopping_ms(detail),
                "predicted": predicted.to_dict(), "calibrated": calibrated_p.to_dict(),
@@ -474,8 +479,8 @@ def verify_configuration(payload: dict, emit: Emit) -> None:
         probes.append(rec)
         emit({"event": "probe", "probe": rec})
         valid = v["validity"] == "VALID"
-        if valid and (best is None or qps > best["probe"]["qps"]):
-            best = {"probe": rec, "detail": detail, "settings": s}
+        if valid:
+            passed.append({"probe": rec, "detail": detail, "settings": s})
         return valid
 
     def go_on() -> bool:
@@ -516,9 +521,32 @@ def verify_configuration(payload: dict, emit: Emit) -> None:
     if stopped is None:
         stopped = "bracket within precision" if lo is not None and hi is not None else \
             "no bracket"
+    # The answer must hold for longer than a probe: near the knee a queue that grows slowly
+    # passes ten seconds and fails twenty. The highest VALID rate runs again for twice the
+    # probe's duration; where that fails, it is the lowest INVALID, and the next run is a
+    # step of the precision lower, until one holds or the tries or the time run out.
+    confirm_s = CONFIRM_FACTOR * cfg.probe_duration
+    confirmed = None
+    for _ in range(CONFIRM_TRIES if lo is not None else 0):
+        if deadline is not None and time.time() >= deadline:
+            stopped += "; time limit before the answer was confirmed"
+            break
+        if probe(lo, confirm_s):
+            confirmed = passed[-1]
+            stopped += f"; confirmed for {confirm_s:g} s"
+            break
+        hi, lo = lo, lo / (1 + cfg.precision)
+    else:
+        if lo is not None:
+            stopped += f"; not confirmed in {CONFIRM_TRIES} runs of {confirm_s:g} s"
+    # unconfirmed, the answer is the highest VALID probe below every INVALID one
+    best = confirmed or max((r for r in passed if hi is None or r["probe"]["qps"] < hi),
+                            key=lambda r: r["probe"]["qps"], default=None)
+    lo = best["probe"]["qps"] if best else None
     search = {"phase": "verify", "latency_budget_ms": cfg.latency_budget_ms,
               "percentile": cfg.percentile, "precision": cfg.precision, "best_qps": lo,
-              "lowest_invalid_qps": hi, "predicted_qps": task.predicted_qps,
+              "confirmed": confirmed is not None, "lowest_invalid_qps": hi,
+              "predicted_qps": task.predicted_qps,
               "prediction_error": task.predicted_qps / lo - 1 if lo else None,
               "calibrated_qps": calibrated, "harness_factor": round(factor, 4),
               "saturated_qps": saturated,

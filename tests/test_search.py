@@ -9,6 +9,7 @@ import math
 import platform
 import re
 import signal
+import time
 
 import numpy as np
 import pytest
@@ -75,6 +76,18 @@ def test_search_predicts_then_verifies_with_loadgen(cli, workdir):
     assert s["met"] and 0.25 * s["calibrated_qps"] <= s["best_qps"] <= 1.3 * ideal
     assert s["prediction_error"] == pytest.approx(s["predicted_qps"] / s["best_qps"] - 1)
     assert s["lowest_invalid_qps"] / s["best_qps"] - 1 <= 0.1 + 1e-9
+    # the answer is run again for twice a probe's duration; each run that fails is the next
+    # one's ceiling, a step of the precision lower
+    confirms = [p for p in s["probes"] if p["confirm"]]
+    assert confirms and all(p["duration_s"] == 3.0 for p in confirms)
+    assert not any(p["confirm"] for p in s["probes"][:-len(confirms)])
+    assert all(b["qps"] == pytest.approx(a["qps"] / 1.1) and a["validity"] == "INVALID"
+               for a, b in zip(confirms, confirms[1:], strict=False))
+    if s["confirmed"]:
+        assert confirms[-1]["validity"] == "VALID" and confirms[-1]["qps"] == s["best_qps"]
+        assert s["stopped"].endswith("; confirmed for 3 s")
+    else:  # a host loaded more than the probes saw: the best VALID below every INVALID
+        assert all(p["qps"] < s["best_qps"] for p in s["probes"] if p["validity"] != "VALID")
     for p in s["probes"]:
         assert set(p["predicted"]) == {"qps", "percentile_ms", "early_stopping_ms", "valid"}
         assert set(p["calibrated"]) == set(p["predicted"])
@@ -209,6 +222,36 @@ def test_verification_stops_at_a_quarter_of_the_prediction_when_it_was_wrong(cli
     assert "smallest p" in shown and "budgets they could meet" in shown
 
 
+def test_an_answer_that_does_not_hold_for_twice_a_probe_is_not_the_answer(workdir, tmp_path):
+    """The one probe (at 40 QPS, a fifth of the 5 ms sample's capacity) is VALID; once it is
+    stored the host gets busy: each sample takes five times as long (25 ms, a 40 QPS load's
+    whole gap). The answer's confirmations, run for twice the probe's duration, are INVALID,
+    three of them, each a step of the precision lower, and the search reports no answer
+    rather than the probe's."""
+    busy = tmp_path / "busy"
+    p = run_cli_process("search", *FAST, "-v", "sleep", "--max-batch", "1", "--instances", "1",
+                        "--start-qps", "40", "--max-probes", "1", "--name", "unheld", "--json",
+                        env={"SLEEPY_SLOW_WHEN": f"sleep:{busy}:5"})
+    deadline = time.monotonic() + 120
+    while not list((workdir / "runs").glob("*/probes.jsonl")):  # the probe is stored
+        assert p.poll() is None and time.monotonic() < deadline, p.communicate()[1][-2000:]
+        time.sleep(0.05)
+    busy.touch()
+    out, err = p.communicate(timeout=180)
+    assert p.returncode == 0, err
+    (combo,) = json.loads(out)["combinations"]
+    s = combo["search"]
+    first, *confirms = s["probes"]
+    assert first["validity"] == "VALID" and not first["confirm"] and first["qps"] == 40
+    assert [p["qps"] for p in confirms] == pytest.approx([40, 40 / 1.05, 40 / 1.05 ** 2])
+    assert all(p["confirm"] and p["duration_s"] == 3 for p in confirms)
+    assert [p["validity"] for p in confirms] == ["INVALID"] * 3
+    assert not s["met"] and not s["confirmed"] and s["best_qps"] is None
+    assert s["lowest_invalid_qps"] == pytest.approx(40 / 1.05 ** 2)
+    assert s["stopped"] == "1 probes (max_probes); not confirmed in 3 runs of 3 s"
+    assert json.loads(out)["best"] is None
+
+
 def test_search_stops_at_its_time_limit_with_what_it_found(cli, workdir):
     """--max-time 3s: screening takes about a second, the first 1.5 s probe is cut short
     at the limit where it runs past it, and nothing starts after it."""
@@ -216,7 +259,11 @@ def test_search_stops_at_its_time_limit_with_what_it_found(cli, workdir):
                   "--max-time", "3")
     (combo,) = out["combinations"]
     if combo["status"] == "ok":
-        assert combo["search"]["stopped"] == "time limit (max_time) reached"
+        # and the answer, if one was VALID, is not confirmed: that would run past the limit
+        assert combo["search"]["stopped"] in (
+            "time limit (max_time) reached",
+            "time limit (max_time) reached; time limit before the answer was confirmed")
+        assert not combo["search"]["confirmed"]
         assert 1 <= len(combo["search"]["probes"]) <= 2
     else:  # a slow host spent the 3 s screening: nothing was verified
         assert combo["error"] == "not verified: time limit (max_time) reached"

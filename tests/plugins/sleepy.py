@@ -85,7 +85,7 @@ class SleepSession(Session):
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         self.calls += 1
         block_here(self.label.partition(":")[0], f"call{self.calls}")
-        time.sleep(self.service_ms(len(x)) / 1e3)
+        time.sleep(self.service_ms(len(x)) * self.slowdown() / 1e3)
         if self.module is None:
             return torch.zeros(len(x), self.num_classes)
         with torch.inference_mode():
@@ -93,6 +93,15 @@ class SleepSession(Session):
 
     def to_host(self, out: torch.Tensor) -> torch.Tensor:
         return out
+
+    def slowdown(self) -> float:
+        """$SLEEPY_SLOW_WHEN=VARIANT:FILE:FACTOR: while FILE exists, a session of VARIANT
+        runs FACTOR times slower (a host that gets busy part way through a run)."""
+        variant, _, rest = os.environ.get("SLEEPY_SLOW_WHEN", "").partition(":")
+        path, _, factor = rest.rpartition(":")
+        if variant == self.label.partition(":")[0] and os.path.exists(path):
+            return float(factor)
+        return 1.0
 
 
 def block_here(variant: str, phase: str) -> None:
