@@ -184,6 +184,49 @@ def latency_search(variants: str | None, max_batch: str | None, budget: str,
             "not_admitted": res["not_admitted"]}
 
 
+def checked_by_hand(best: dict) -> dict:
+    """The search's answer checked as a user would: its reproduce command (a LoadGen
+    Server run) at the reported QPS for twice the probe's duration, which must be VALID,
+    and at 1.25x that QPS, which must be INVALID."""
+    out = {}
+    for name, factor, scale in (("at", 1.0, 2), ("above", 1.25, 1)):
+        cmd = best["command"].split()[1:]  # without "densebench"
+        i = cmd.index("--target-qps")
+        cmd[i + 1] = f"{best['qps'] * factor:.4g}"
+        j = cmd.index("--duration")
+        cmd[j + 1] = f"{float(cmd[j + 1].rstrip('s')) * scale:g}s"
+        res = json.loads(subprocess.run([sys.executable, "-m", "densebench", *cmd, "--json"],
+                                        check=True, capture_output=True, text=True).stdout)
+        (cell,) = res["cells"]
+        lg = cell["loadgen"] or {}
+        out[name] = {"qps": best["qps"] * factor, "duration": cmd[j + 1],
+                     "validity": lg.get("validity"), "p99_ms": cell["p99_ms"],
+                     "command": "densebench " + " ".join(cmd)}
+    return out
+
+
+def handwritten(budgets: list[float], max_batch: str = "1,4") -> dict:
+    """``scripts/handwritten_server.py`` (ONNX Runtime fp32, a dynamic batcher, one
+    instance) on densebench's ONNX artifact: at the first budget where it has a VALID
+    rate."""
+    manifest = json.loads(subprocess.run(
+        [sys.executable, "-m", "densebench", "export", "--model", "densenet121", "--format",
+         "onnx", "--precision", "fp32", "--json"], check=True, capture_output=True,
+        text=True).stdout)
+    onnx = Path(manifest["path"]) / "model.onnx"
+    res = {}
+    for budget in budgets:
+        cmd = [sys.executable, str(REPO / "scripts" / "handwritten_server.py"), "--onnx",
+               str(onnx), "--budget-ms", f"{budget:g}", "--max-batch", max_batch]
+        res = json.loads(subprocess.run(cmd, check=True, capture_output=True,
+                                        text=True).stdout)
+        res["command"] = (f"python scripts/handwritten_server.py --onnx {onnx} --budget-ms "
+                          f"{budget:g} --max-batch {max_batch}")
+        if res["best"]["best_qps"]:
+            break
+    return res
+
+
 def time_to_first_iteration(repeats: int) -> dict:
     cmd = [sys.executable, "-m", "densebench", "run", "--model", "densenet121", "--variant",
            "onnxruntime", "--batch-size", "1", "--iters", "1", "--warmup", "1", "--mode",
@@ -424,6 +467,18 @@ def main() -> None:
         srch = latency_search(args.search_variants, args.search_max_batch, "100ms",
                               args.search_max_time)
         print(f"    {srch['best']} in {srch['seconds']:.0f} s", flush=True)
+        if srch["best"]:
+            print("    checked by hand: LoadGen at the answer (2x as long) and 1.25x it ...",
+                  flush=True)
+            srch["by_hand"] = checked_by_hand(srch["best"])
+        print("    the hand-written harness (ONNX Runtime fp32, one instance) ...", flush=True)
+        srch["handwritten"] = handwritten([100.0, 250.0, 500.0])
+        hb = srch["handwritten"]["budget_ms"]
+        if hb != 100.0:  # the search again, at the budget where the harness has an answer
+            print(f"    densebench search again at {hb:g} ms ...", flush=True)
+            srch["at_harness_budget"] = latency_search(
+                args.search_variants, args.search_max_batch, f"{hb:g}ms",
+                args.search_max_time)
         texts[5] = _section_search(srch)
     if 6 in wanted:
         print("6/7 openvino against benchmark_app on the same IR, batch 16 ...", flush=True)
@@ -703,14 +758,71 @@ Screened (ms per call with every instance busy) and each split's best prediction
 |---|---|---|---|---|---|
 {_screened(srch)}
 
-Verified with LoadGen (error: predicted / verified - 1):
+Verified with LoadGen. Predicted: from the screened calls; harness: how much longer a call
+takes under LoadGen (a half-second Server run at twice the screened capacity); calibrated:
+the prediction from calls that much longer, where verification starts. Errors: prediction /
+verified - 1.
 
-| configuration | predicted QPS | verified QPS | error | p99 ms | lowest INVALID | probes | stop |
-|---|---|---|---|---|---|---|---|
+{COMBOS_HEAD}
 {_combos(srch)}
 
 {_best(srch)}
+{_by_hand(srch)}
+{_handwritten(srch)}
 """
+
+
+COMBOS_HEAD = ("| configuration | predicted QPS | harness | calibrated QPS | verified QPS "
+               "| error (predicted) | error (calibrated) | p99 ms | lowest INVALID | probes "
+               "| stop |\n" + "|---" * 11 + "|")
+
+
+def _by_hand(srch: dict) -> str:
+    bh = srch.get("by_hand")
+    if not bh:
+        return ""
+    at, above = bh["at"], bh["above"]
+    ok = at["validity"] == "VALID" and above["validity"] == "INVALID"
+    return (f"Checked by hand ({'as expected' if ok else 'NOT as expected'}): at "
+            f"{at['qps']:.4g} QPS for {at['duration']}, LoadGen says **{at['validity']}** "
+            f"(p99 {at['p99_ms']:.3g} ms); at 1.25x, {above['qps']:.4g} QPS, "
+            f"**{above['validity']}** (p99 {above['p99_ms']:.3g} ms).\n\n"
+            f"    {at['command']}\n")
+
+
+def _handwritten(srch: dict) -> str:
+    hw = srch.get("handwritten")
+    if not hw:
+        return ""
+    b = hw["best"]
+    rows = "\n".join(
+        f"| {r['max_batch']} | {r['closed_loop_capacity_qps']:.3g} | "
+        f"{_num(r['best_qps'])} | "
+        + ", ".join(f"{p['qps']:.3g} {'VALID' if p['valid'] else 'INVALID'} "
+                    f"(p99 {p['p99_ms']:.3g} ms)" for p in r["probes"]) + " |"
+        for r in hw["results"])
+    budget = hw["budget_ms"]
+    ours = srch if budget == 100.0 else srch.get("at_harness_budget") or {}
+    best = (ours.get("best") or {}).get("qps")
+    ratio = (f"**{best / b['best_qps']:.2f}x** the harness's {b['best_qps']:.3g} QPS (target: "
+             f"at least 1.5x)" if best and b["best_qps"] else "no ratio: one side has none")
+    return f"""The same question answered by a straightforward hand-written LoadGen harness
+(`scripts/handwritten_server.py`: ONNX Runtime fp32 with its default threads, a dynamic
+batcher with one instance, its own best max batch; 10 s probes, 662 queries at least),
+at p99 <= {budget:g} ms{'' if budget == 100.0 else ' (it has no VALID rate at 100 ms)'}:
+densebench's answer{'' if budget == 100.0 else f' at {budget:g} ms'}, {_num(best)} QPS, is
+{ratio}.
+
+| max batch | closed-loop capacity QPS | highest VALID QPS | probes |
+|---|---|---|---|
+{rows}
+
+    {hw['command']}
+"""
+
+
+def _num(v) -> str:
+    return f"{v:.3g}" if v else "none"
 
 
 def _refused(srch: dict) -> str:
@@ -752,12 +864,17 @@ def _combos(srch: dict) -> str:
     for c in srch["combinations"]:
         s = c.get("search") or {}
         best, err = s.get("best_qps"), s.get("prediction_error")
+        cerr = s.get("calibrated_error")
         probes = s.get("probes", [])
         at_best = [p["percentile_latency_ms"] for p in probes if best and p["qps"] == best]
         wait = f"/{c['batch_timeout_ms']:g}ms" if c["max_batch"] > 1 else ""
+        factor = s.get("harness_factor")
         rows.append(f"| {c['variant']} b{c['max_batch']}{wait} {c['instances']}x{c['threads']} | "
-                    f"{num(s.get('predicted_qps'))} | {num(best) if best else 'none'} | "
+                    f"{num(s.get('predicted_qps'))} | "
+                    f"{f'x{factor:.2f}' if factor else '-'} | {num(s.get('calibrated_qps'))} | "
+                    f"{num(best) if best else 'none'} | "
                     f"{f'{err:+.0%}' if err is not None else '-'} | "
+                    f"{f'{cerr:+.0%}' if cerr is not None else '-'} | "
                     f"{num(at_best[0] if at_best else None)} | "
                     f"{num(s.get('lowest_invalid_qps'))} | {len(probes)} | "
                     f"{s.get('stopped', c.get('error'))} |")
