@@ -82,6 +82,7 @@ class SearchConfig:
     start_qps: float | None = None  # first probe; default: the prediction
     max_time: float | None = None  # seconds for the whole search
     verify: int = 2  # configurations verified with LoadGen per host
+    verify_all: bool = False  # also those predicted below what their host verified
     screen_time: float = 0.5  # seconds of closed loop per batch size and split
     max_probes: int = 8  # per verified configuration
     target_qps: float | None = None  # replicas needed for this load
@@ -665,26 +666,43 @@ def run_search(cfg: SearchConfig, *, progress: Emit | None = None, store=None):
         for p in predictions:
             rec.append_record("predictions.jsonl", p)
         chosen = choose(predictions, cfg.verify)
-        jobs = []
-        for p in chosen:
-            cell = verify_cell(cfg, p, device)
-            jobs.append(VerifyTask(
+
+        def job(p: dict):
+            return VerifyTask(
                 config=config, variant=p["variant"], device=device, threads=p["threads"],
                 instances=p["instances"], max_batch=p["max_batch"],
                 batch_timeout_ms=p["batch_timeout_ms"], service_ms=p["service_ms"],
-                predicted_qps=p["qps"], cells=[cell.to_dict()], run_dir=str(rec.path),
-                deadline=deadline).job(f"verify-{_safe(p['label'])}", timeout=cfg.timeout,
-                                        needs={"host": p["host"]}))
-        emit({"event": "more", "cells": len(jobs)})
+                predicted_qps=p["qps"], cells=[verify_cell(cfg, p, device).to_dict()],
+                run_dir=str(rec.path), deadline=deadline,
+            ).job(f"verify-{_safe(p['label'])}", timeout=cfg.timeout, needs={"host": p["host"]})
+
+        emit({"event": "more", "cells": len(chosen)})
         emit({"event": "phase", "variant": "search",
-              "phase": f"verifying {len(jobs)} of {len(predictions)} predicted "
+              "phase": f"verifying {len(chosen)} of {len(predictions)} predicted "
                        "configuration(s) with LoadGen"})
-        if deadline is not None and time.time() >= deadline:
-            for j in jobs:
-                rec.add_cell(Cell.from_dict(j.cells[0]).failed(
-                    "not verified: time limit (max_time) reached"))
-        else:
-            executor.run_all(jobs, on_event, placement="each")
+        # Each host's best prediction first, every host at once; then the others, except
+        # those predicted below what their host already verified: the screened prediction
+        # runs above what LoadGen verifies (it leaves out the harness), so such a
+        # configuration cannot be the answer, and on a slow host its probes, 662 queries
+        # each at a low rate, would take minutes.
+        first = {_host_name(p["host"]): p for p in reversed(chosen)}
+        for round_ in (list(first.values()), [p for p in chosen if p not in first.values()]):
+            jobs = []
+            for p in round_:
+                cell = Cell.from_dict(job(p).cells[0])
+                verified = _verified_qps(rec, _host_name(p["host"]))
+                if deadline is not None and time.time() >= deadline:
+                    rec.add_cell(cell.failed("not verified: time limit (max_time) reached"))
+                elif verified and p["qps"] < verified and not cfg.verify_all:
+                    why = (f"not verified: predicted {p['qps']:.4g} QPS, below the "
+                           f"{verified:.4g} QPS verified on its host (--verify-all runs it)")
+                    rec.add_cell(replace(cell.failed(why), status="skipped", search={
+                        "phase": "verify", "predicted_qps": p["qps"]}))
+                    emit({"event": "cell", "cell": rec.cells[-1].to_dict()})
+                else:
+                    jobs.append(job(p))
+            if jobs:
+                executor.run_all(jobs, on_event, placement="each")
     except KeyboardInterrupt as e:
         rec.finish("incomplete")
         raise interrupted(e, f"search {rec.id} kept what it screened and verified, and "
@@ -818,6 +836,13 @@ def choose(predictions: list[dict], k: int) -> list[dict]:
                   if all(q["variant"] != p["variant"] for q in ps[:i])]
         out += (firsts + [p for p in ps if p not in firsts])[:k]
     return out
+
+
+def _verified_qps(rec, host: str) -> float | None:
+    """The highest rate verified so far on ``host`` in the search ``rec``."""
+    return max((c.search["best_qps"] for c in rec.cells
+                if c.ok and (c.search or {}).get("phase") == "verify"
+                and c.search.get("best_qps") and _host_name(c.host) == host), default=None)
 
 
 def _host_name(host: dict) -> str:

@@ -26,7 +26,7 @@ def cell_line(c: dict) -> str:
     if (c.get("worker") or {}).get("ray_node_id"):  # a cluster: say which machine
         where += f" @{c['host'].get('node') or c['host'].get('hostname')}"
     if c["status"] != "ok":
-        return f"{where}: failed: {c.get('error')}"
+        return f"{where}: {'skipped' if c['status'] == 'skipped' else 'failed'}: {c.get('error')}"
     if (c.get("search") or {}).get("phase") == "screen":
         s = c["search"]
         return f"{where}: screened {len(s['splits'])} split(s), one sample {s['one_sample_ms']:.3g} ms"

@@ -342,9 +342,10 @@ def search_table(run) -> Group:
                 + f" {c.axes.get('instances', c.scenario_settings.get('instances'))}"
                 f"x{c.threads}")
         if not c.ok:
+            style = "dim" if c.skipped else "red"
             t.add_row(what, _host_text(c.host), _num(s.get("predicted_qps")), "", "",
-                      Text("failed", style="red"), "", "", "", "",
-                      Text(c.error or "", style="red"))
+                      Text(c.status if c.skipped else "failed", style=style), "", "", "",
+                      "", Text(c.error or "", style=style))
             continue
         best = s.get("best_qps")
         err = s.get("calibrated_error", s.get("prediction_error"))
